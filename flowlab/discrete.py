@@ -1,0 +1,157 @@
+r"""Discrete counterparts: forward-Euler steps θ_{k+1} = θ_k + h_k F(θ_k) of a flow.
+
+For the AdaptedFlow, h = 1/κ is the minimum-norm Gauss–Newton step (quadratic convergence
+near a full-rank solution); linearised, each step multiplies the cost by (1 − hκ)². With
+`backtracking` a step is halved until the cost decreases (at most `max_backtracks` times).
+"""
+
+import math
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .flows import AbstractFlow
+from .linalg import numerical_rank, singular_values
+from .simulate import _CODE, Trajectory, compile_cached
+
+
+class _StepOptions(eqx.Module):
+    step_size: float = eqx.field(static=True)
+    num_steps: int = eqx.field(static=True)
+    cost_target: float | None = eqx.field(static=True)
+    cost_target_relative: float | None = eqx.field(static=True)
+    backtracking: bool = eqx.field(static=True)
+    max_backtracks: int = eqx.field(static=True)
+    diagnostics: bool = eqx.field(static=True)
+    save_theta: bool = eqx.field(static=True)
+
+
+def _iterate(problem, flow, theta0, opts: _StepOptions) -> dict:
+    cost0 = problem.cost(theta0)
+    target = jnp.asarray(-jnp.inf, theta0.dtype)
+    if opts.cost_target is not None:
+        target = jnp.maximum(target, opts.cost_target)
+    if opts.cost_target_relative is not None:
+        target = jnp.maximum(target, opts.cost_target_relative * cost0)
+
+    def record(theta, t):
+        x = problem.outputs(theta)
+        out = {"ts": t, "cost": problem.loss(x, problem.targets), "outputs": x,
+               "theta_norm": jnp.linalg.norm(theta)}
+        nan = jnp.full((), jnp.nan, theta.dtype)
+        if opts.diagnostics:
+            sigma = singular_values(problem, theta)
+            out.update(sigma_min=sigma[0], sigma_max=sigma[-1],
+                       rank=numerical_rank(sigma).astype(theta.dtype))
+        else:
+            out.update(sigma_min=nan, sigma_max=nan, rank=nan)
+        if opts.save_theta:
+            out["theta"] = theta
+        return out
+
+    def step(carry, _):
+        theta, t, cost, code, evals, done = carry
+        v = flow.velocity(problem, theta)
+        finite = jnp.all(jnp.isfinite(v))
+        v = jnp.where(finite, v, 0.0)
+
+        def shrink(state):
+            h, _, tries = state
+            return h / 2, problem.cost(theta + h / 2 * v), tries + 1
+
+        h = jnp.asarray(opts.step_size, theta.dtype)
+        state = (h, problem.cost(theta + h * v), 1)
+        if opts.backtracking:
+            state = jax.lax.while_loop(
+                lambda s: (~(s[1] < cost)) & (s[2] <= opts.max_backtracks), shrink, state
+            )
+        h, new_cost, tries = state
+        new_theta = theta + h * v
+        stop = ~finite
+        new_code = jnp.where(stop, _CODE["non_finite_field"], code)
+        new_code = jnp.where(~stop & (new_cost <= target), _CODE["cost_target"], new_code)
+        hold = done | stop
+        theta = jnp.where(hold, theta, new_theta)
+        t = jnp.where(hold, t, t + h)
+        cost = jnp.where(hold, cost, new_cost)
+        code = jnp.where(done, code, new_code)
+        evals = evals + jnp.where(done, 0, 1)
+        valid = ~hold
+        done = done | (code != _CODE["t1_reached"])
+        return (theta, t, cost, code, evals, done), (record(theta, t), valid, tries * ~hold)
+
+    zero = jnp.zeros((), theta0.dtype)
+    start_code = jnp.where(cost0 <= target, _CODE["cost_target"], _CODE["t1_reached"])
+    start = (theta0, zero, cost0, start_code, jnp.asarray(0), cost0 <= target)
+    (theta, t, cost, code, evals, _), (hist, valid, tries) = jax.lax.scan(
+        step, start, None, length=opts.num_steps
+    )
+    first = record(theta0, zero)
+    hist = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, hist)
+    valid = jnp.concatenate([jnp.ones((1,), bool), valid])
+    hist = jax.tree_util.tree_map(
+        lambda a: jnp.where(valid.reshape(valid.shape + (1,) * (a.ndim - 1)), a, jnp.inf), hist
+    )
+    ts = hist.pop("ts")
+    return {
+        "ts": ts, "valid": valid, **hist, "theta": hist.get("theta"), "extras": {},
+        "cost0": cost0, "outputs0": problem.outputs(theta0), "t_final": t, "cost_final": cost,
+        "theta_final": theta, "stop_code": code, "num_steps": evals,
+        "num_accepted_steps": evals, "num_rejected_steps": jnp.sum(tries) - jnp.sum(tries > 0),
+        "num_field_evals": evals,
+    }
+
+
+@eqx.filter_jit
+def _iterate_batch(problem, flow, theta0, opts):
+    return jax.vmap(lambda th: _iterate(problem, flow, th, opts))(theta0)
+
+
+def euler_steps(
+    problem,
+    flow: AbstractFlow,
+    theta0: Float[Array, "*b K"] | None = None,
+    *,
+    step_size: float | None = None,
+    num_steps: int = 50,
+    cost_target: float | None = None,
+    cost_target_relative: float | None = None,
+    backtracking: bool = False,
+    max_backtracks: int = 30,
+    diagnostics: bool = True,
+    save_theta: bool = False,
+) -> Trajectory:
+    """Up to `num_steps` Euler steps of size h (default 1/κ) from θ0 ((K,) or a batch (B, K)),
+    stopping at the cost target or a non-finite field. `ts` holds the accumulated Σ h_k, so
+    the result compares directly with the flow at time s; `num_rejected_steps` counts step
+    halvings."""
+    if not isinstance(flow, AbstractFlow):
+        raise TypeError(f"flow must be a flowlab flow, got {type(flow).__name__}")
+    flow.check(problem)
+    step_size = 1.0 / problem.kappa if step_size is None else step_size
+    for name, value in (("step_size", step_size), ("cost_target", cost_target),
+                        ("cost_target_relative", cost_target_relative)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    if int(num_steps) < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    theta0 = problem.theta0 if theta0 is None else jnp.asarray(theta0)
+    if theta0.ndim not in (1, 2) or theta0.shape[-1] != problem.num_params:
+        raise ValueError(f"theta0 must have shape (K,) or (B, K), K = {problem.num_params}; "
+                         f"got {theta0.shape}")
+    opts = _StepOptions(float(step_size), int(num_steps), cost_target, cost_target_relative,
+                        bool(backtracking), int(max_backtracks), bool(diagnostics),
+                        bool(save_theta))
+    batched = theta0.ndim == 2
+    batch = theta0 if batched else theta0[None]
+    compiled, compile_time = compile_cached(_iterate_batch, problem, flow, batch, opts)
+    start = time.perf_counter()
+    out = jax.block_until_ready(compiled(problem, flow, batch, opts))
+    wall_time = time.perf_counter() - start
+    if not batched:
+        out = jax.tree_util.tree_map(lambda a: a[0], out)
+    return Trajectory(**out, targets=problem.targets, kappa=problem.kappa,
+                      wall_time=wall_time, compile_time=compile_time)
