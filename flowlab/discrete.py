@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .devices import device_mesh, replicate, resolve_shard, shard_batch, unshard
 from .flows import AbstractFlow
 from .linalg import numerical_rank, singular_values
 from .simulate import _CODE, Trajectory, compile_cached
@@ -123,11 +124,12 @@ def euler_steps(
     max_backtracks: int = 30,
     diagnostics: bool = True,
     save_theta: bool = False,
+    shard: bool | str = False,
 ) -> Trajectory:
     """Up to `num_steps` Euler steps of size h (default 1/κ) from θ0 ((K,) or a batch (B, K)),
     stopping at the cost target or a non-finite field. `ts` holds the accumulated Σ h_k, so
     the result compares directly with the flow at time s; `num_rejected_steps` counts step
-    halvings."""
+    halvings. `shard` splits the seeds over devices as in `simulate`."""
     if not isinstance(flow, AbstractFlow):
         raise TypeError(f"flow must be a flowlab flow, got {type(flow).__name__}")
     flow.check(problem)
@@ -147,10 +149,17 @@ def euler_steps(
                         bool(save_theta))
     batched = theta0.ndim == 2
     batch = theta0 if batched else theta0[None]
-    compiled, compile_time = compile_cached(_iterate_batch, problem, flow, batch, opts)
+    args = (problem, flow, batch, opts)
+    sharded = resolve_shard(shard, batch.shape[0])
+    if sharded:
+        mesh = device_mesh()
+        args = (*replicate((problem, flow), mesh), shard_batch(batch, mesh), opts)
+    compiled, compile_time = compile_cached(_iterate_batch, *args)
     start = time.perf_counter()
-    out = jax.block_until_ready(compiled(problem, flow, batch, opts))
+    out = jax.block_until_ready(compiled(*args))
     wall_time = time.perf_counter() - start
+    if sharded:
+        out = unshard(out, batch.shape[0])
     if not batched:
         out = jax.tree_util.tree_map(lambda a: a[0], out)
     return Trajectory(**out, targets=problem.targets, kappa=problem.kappa,

@@ -12,21 +12,17 @@ Each flow is an `eqx.Module` callable as a diffrax vector field ``(t, θ, proble
 
 import abc
 from typing import ClassVar
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float
 
-from .linalg import AbstractGram, AbstractPinvSolver, DenseGram, resolve_solver
+from .linalg import AbstractGram, AbstractPinvSolver, AutoGram, DenseGram, resolve_solver
 
 
 class AbstractFlow(eqx.Module):
     """A vector field on θ-space defined by a problem."""
-
-    #: whether the field inverts D (and so fails where rank D drops).
-    inverts_jacobian: ClassVar[bool] = False
 
     @abc.abstractmethod
     def velocity(self, problem, theta: Float[Array, " K"]) -> Float[Array, " K"]:
@@ -34,6 +30,13 @@ class AbstractFlow(eqx.Module):
 
     def check(self, problem) -> None:
         """Raise a ValueError when the flow cannot apply to the problem."""
+
+    #: whether the field inverts D (and so fails where rank D drops).
+    inverts_jacobian: ClassVar[bool] = False
+
+    def default_max_condition(self, problem) -> float | None:
+        """The σ_max/σ_min(D) guard simulate applies by default (None: no guard)."""
+        return 1e7 if self.inverts_jacobian else None
 
     def __call__(self, t, theta, problem):
         return self.velocity(problem, theta)
@@ -76,6 +79,9 @@ class AdaptedFlow(AbstractFlow):
     def check(self, problem):
         resolve_solver(self.solver, problem)
 
+    def default_max_condition(self, problem):
+        return resolve_solver(self.solver, problem).max_condition
+
     def velocity(self, problem, theta):
         g = problem.output_gradient(problem.outputs(theta))
         return -resolve_solver(self.solver, problem).solve(problem, theta, g)
@@ -90,10 +96,9 @@ class DampedFlow(AbstractFlow):
     whatever λ_min(Θ) is.
     """
 
-    inverts_jacobian: ClassVar[bool] = False
     damping: float = eqx.field(static=True, default=1e-3)
     damping_lambda_min: float = eqx.field(static=True, default=0.0)
-    gram: AbstractGram = DenseGram()
+    gram: AbstractGram = AutoGram()  # layerwise for an MLP, dense otherwise
 
     def __check_init__(self):
         if self.damping < 0 or self.damping_lambda_min < 0:

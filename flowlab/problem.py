@@ -23,6 +23,11 @@ class AbstractLoss(eqx.Module):
         """∇_X C."""
         return jax.grad(self)(outputs, targets)
 
+    def bind(self, targets: Float[Array, " QN"], num_points: int, out_size: int) -> "AbstractLoss":
+        """This loss checked against, and where needed specialised to, the problem's targets
+        (a ValueError for targets it cannot take). The default accepts any targets."""
+        return self
+
 
 class SquaredLoss(AbstractLoss):
     """C = (κ/2)|X − Y|², ∇_X C = κ(X − Y). The paper takes κ = 1/N."""
@@ -73,6 +78,7 @@ class LeastSquaresProblem(eqx.Module):
         self.targets = dataset.stacked_targets
         self.num_points, self.out_size = dataset.num_points, dataset.out_size
         self.loss = SquaredLoss(1.0 / dataset.num_points if kappa is None else kappa) if loss is None else loss
+        self.loss = self.loss.bind(self.targets, self.num_points, self.out_size)
         try:
             out = jax.eval_shape(jax.vmap(self.model()), self.inputs)
         except Exception as e:
@@ -98,7 +104,8 @@ class LeastSquaresProblem(eqx.Module):
 
     @property
     def kappa(self) -> float:
-        return self.loss.kappa
+        """The loss's κ; 1/N for a loss that defines none (the paper's normalisation)."""
+        return getattr(self.loss, "kappa", 1.0 / self.num_points)
 
     # θ <-> model
     def flatten(self, model) -> Float[Array, " K"]:

@@ -13,6 +13,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
+from .devices import device_mesh, replicate, resolve_shard, shard_batch, unshard
 from .flows import AbstractFlow
 from .linalg import numerical_rank, singular_values
 
@@ -27,9 +28,6 @@ STOP_REASONS = (
     "solver_failed",  # any other diffrax failure
 )
 _CODE = {name: i for i, name in enumerate(STOP_REASONS)}
-
-#: σ_max/σ_min beyond which a flow that inverts D is stopped by default (cond Θ = 1e14).
-DEFAULT_MAX_CONDITION = 1e7
 
 
 def make_solver(name: str) -> diffrax.AbstractSolver:
@@ -294,7 +292,7 @@ def _options(problem, flow, t1, ts, num_saves, solver, rtol, atol, dt0, max_step
     if cost_target_relative is not None and _positive("cost_target_relative", cost_target_relative) >= 1:
         raise ValueError(f"cost_target_relative must be < 1, got {cost_target_relative}")
     if max_condition == "auto":
-        max_condition = DEFAULT_MAX_CONDITION if flow.inverts_jacobian else None
+        max_condition = flow.default_max_condition(problem)
     if int(max_steps) < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     make_solver(solver)
@@ -344,8 +342,10 @@ _COMPILED: dict = {}
 def compile_cached(jitted, *args):
     """Compile `jitted` once per structure, shapes and static settings of `args`;
     returns (compiled, seconds spent compiling now)."""
+    # the sharding is part of the key: a sharded batch needs its own executable
     abstract = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype) if eqx.is_array(a) else a, args
+        lambda a: (jax.ShapeDtypeStruct(a.shape, a.dtype), getattr(a, "sharding", None))
+        if eqx.is_array(a) else a, args
     )
     leaves, treedef = jax.tree_util.tree_flatten(abstract)
     key = (jitted, treedef, tuple(leaves))
@@ -379,6 +379,7 @@ def simulate(
     save_theta: bool = False,
     extras: dict | None = None,
     progress: bool = False,
+    shard: bool | str = False,
 ) -> Trajectory:
     r"""Integrate θ' = flow(θ) from θ0 over s in [0, t1] with diffrax (jit-compiled).
 
@@ -390,10 +391,14 @@ def simulate(
 
     Stops early, with the reason recorded, when: C ≤ cost_target, or C ≤
     cost_target_relative·C(θ0) (root-found to the solver's accuracy); σ_min(D) <
-    sigma_min_tol; σ_max/σ_min > max_condition ('auto': 1e7 for flows that invert D, off
-    otherwise); |θ| > theta_norm_max; the field is not finite; max_steps is exhausted.
+    sigma_min_tol; σ_max/σ_min > max_condition ('auto': the flow's choice, 1e7 when D⁺ goes
+    through the Gram, 1e10 through QR/SVD of D, off for flows that do not invert D); |θ| > theta_norm_max; the field is not finite; max_steps is exhausted.
     The guards are checked once per accepted step (one extra field evaluation and, for
     the rank guards, one eigendecomposition of the Gram).
+
+    shard=True splits the seed axis over all devices (flowlab.devices: padded to a multiple
+    of the device count, padding stripped); 'auto' does so when there are several devices
+    and several seeds. Results equal the unsharded run's.
     """
     theta0 = problem.theta0 if theta0 is None else jnp.asarray(theta0)
     if theta0.ndim not in (1, 2) or theta0.shape[-1] != problem.num_params:
@@ -410,10 +415,17 @@ def simulate(
     )
     batched = theta0.ndim == 2
     batch = theta0 if batched else theta0[None]
-    compiled, compile_time = compile_cached(_solve_batch, problem, flow, batch, opts)
+    args = (problem, flow, batch, opts)
+    sharded = resolve_shard(shard, batch.shape[0])
+    if sharded:
+        mesh = device_mesh()
+        args = (*replicate((problem, flow), mesh), shard_batch(batch, mesh), replicate(opts, mesh))
+    compiled, compile_time = compile_cached(_solve_batch, *args)
     start = time.perf_counter()
-    out = jax.block_until_ready(compiled(problem, flow, batch, opts))
+    out = jax.block_until_ready(compiled(*args))
     wall_time = time.perf_counter() - start
+    if sharded:
+        out = unshard(out, batch.shape[0])
     if not batched:
         out = jax.tree_util.tree_map(lambda a: a[0], out)
     return Trajectory(**out, targets=problem.targets, kappa=problem.kappa,
