@@ -21,13 +21,20 @@ from .flows import (
     DampedFlow as DampedFlow,
     GradientFlow as GradientFlow,
 )
+from .devices import device_mesh as device_mesh, shard_batch as shard_batch
 from .linalg import (
     AbstractGram as AbstractGram,
     AbstractPinvSolver as AbstractPinvSolver,
+    AutoGram as AutoGram,
+    CGSolver as CGSolver,
     CholeskySolver as CholeskySolver,
     DenseGram as DenseGram,
+    LayerwiseGram as LayerwiseGram,
+    NormalCholeskySolver as NormalCholeskySolver,
     QRSolver as QRSolver,
     SVDSolver as SVDSolver,
+    auto_gram as auto_gram,
+    auto_solver as auto_solver,
     singular_values as singular_values,
 )
 from .nets import MLP as MLP
@@ -44,3 +51,39 @@ from .simulate import (
 )
 
 __version__ = "0.1.0"
+from .equilibria import (
+    Equilibrium as Equilibrium,
+    ScalarProductModel as ScalarProductModel,
+    analyse_equilibrium as analyse_equilibrium,
+    product_model_endpoint as product_model_endpoint,
+)
+from .geometry import (
+    SUBRIEMANNIAN_EXTRAS as SUBRIEMANNIAN_EXTRAS,
+    jacobian_svd as jacobian_svd,
+    kernel_component as kernel_component,
+    output_speed as output_speed,
+    parameter_speed as parameter_speed,
+    path_lengths as path_lengths,
+    vertical_fraction as vertical_fraction,
+)
+from .homotopy import (
+    AbstractSpectralFilter as AbstractSpectralFilter,
+    HomotopyFlow as HomotopyFlow,
+    InterpolatingFilter as InterpolatingFilter,
+    homotopy_rate_bound as homotopy_rate_bound,
+)
+from .interpolation import (
+    InterpolationFlow as InterpolationFlow,
+    interpolate as interpolate,
+    s_of_t as s_of_t,
+    segment_distance as segment_distance,
+)
+from .losses import (
+    LOSSES as LOSSES,
+    SoftmaxCrossEntropy as SoftmaxCrossEntropy,
+    smooth_labels as smooth_labels,
+)
+from .config import ConfigError as ConfigError, Study as Study, load_config as load_config
+from .store import RunStore as RunStore, read_summary as read_summary
+from .sweep import expand_grid as expand_grid, run_study as run_study
+from .plots import plot_run as plot_run

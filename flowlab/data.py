@@ -44,9 +44,7 @@ class Dataset(eqx.Module):
         if inputs.shape[0] == 0:
             raise ValueError("the dataset is empty (N = 0)")
         for name, a in (("inputs", inputs), ("targets", targets)):
-            if not jnp.issubdtype(a.dtype, jnp.floating):
-                if jnp.issubdtype(a.dtype, jnp.number) or a.dtype == jnp.bool_:
-                    continue
+            if not (jnp.issubdtype(a.dtype, jnp.number) or a.dtype == jnp.bool_):
                 raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
         dtype = jnp.zeros(()).dtype
         inputs, targets = inputs.astype(dtype), targets.astype(dtype)

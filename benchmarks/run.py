@@ -1,0 +1,487 @@
+"""flowlab benchmarks: one command, results as JSON and Markdown.
+
+    python benchmarks/run.py [--quick] [--only field,fit,study] [--out benchmarks/results]
+
+(a) field: one adapted vector-field evaluation θ' = −D⁺∇_X C against width (K) and N for each
+    Gram/solve strategy: wall time after warm-up, compile time, peak memory from the compiled
+    executable's memory_analysis(), XLA's flop count and the achieved FLOP/s against a plain
+    matmul timed in the same run. Combinations whose estimated time (> 60 s) or memory
+    (> 4 GiB) is too large are skipped and listed.
+(b) fit: time and evaluations to reach C ≤ 1e-10·C(0) on one fixed fit (width 256, N = 64, the
+    same initialisation) for the adapted flow (diffrax), discrete adapted steps, the standard
+    flow (capped), optax Adam (best lr), optimistix Gauss–Newton / Levenberg–Marquardt and
+    scipy least_squares 'trf'.
+(c) study: the quickstart CLI end to end, and a seeds-scaling table (1, 4, 16, 64 seeds).
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import jax.random as jr  # noqa: E402
+import numpy as np  # noqa: E402
+
+import flowlab as fl  # noqa: E402
+from flowlab.linalg import CGSolver, CholeskySolver, DenseGram, LayerwiseGram  # noqa: E402
+
+MAX_SECONDS = 60.0
+MAX_BYTES = 4 * 2**30
+ROOT = Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------- helpers
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {
+        "cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(), "jax": jax.__version__,
+        "devices": [str(d) for d in jax.devices()], "backend": jax.default_backend(),
+        "loadavg_start": list(os.getloadavg()),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def timeit(fn, *args, min_total=1.0, max_reps=20):
+    """(min, median) seconds of fn(*args) after one warm-up call."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    while len(times) < max_reps and (sum(times) < min_total or len(times) < 3):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+        if times[-1] > 5.0:
+            break
+    return min(times), float(np.median(times))
+
+
+def compile_fn(fn, *args):
+    t = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, time.perf_counter() - t
+
+
+def memory_bytes(compiled) -> int | None:
+    try:
+        m = compiled.memory_analysis()
+        return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+                   - m.alias_size_in_bytes)
+    except Exception:
+        return None
+
+
+def xla_flops(compiled) -> float | None:
+    try:
+        ca = compiled.cost_analysis()
+        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+        return float(ca.get("flops", math.nan))
+    except Exception:
+        return None
+
+
+def matmul_rate(n=1024) -> float:
+    """FLOP/s of a float64 n×n matmul on this machine now."""
+    a = jr.normal(jr.key(0), (n, n))
+    b = jr.normal(jr.key(1), (n, n))
+    f, _ = compile_fn(lambda x, y: x @ y, a, b)
+    best, _ = timeit(f, a, b)
+    return 2 * n**3 / best
+
+
+def mlp_problem(width, n, depth=2, activation="tanh", seed=0):
+    data = fl.smooth_regression(jr.key(seed), n, in_size=2)
+    model = fl.MLP(2, 1, [width] * depth, activation, key=jr.key(seed + 1))
+    return fl.LeastSquaresProblem(model, data)
+
+
+# ---------------------------------------------------------------- (a) field
+
+STRATEGIES = {
+    "jacfwd+cholesky": lambda qn: fl.AdaptedFlow(CholeskySolver(DenseGram("fwd"))),
+    "jacrev+cholesky": lambda qn: fl.AdaptedFlow(CholeskySolver(DenseGram("rev"))),
+    "layerwise+cholesky": lambda qn: fl.AdaptedFlow(CholeskySolver(LayerwiseGram())),
+    "cg (matrix-free)": lambda qn: fl.AdaptedFlow(CGSolver(rtol=1e-10, atol=1e-14,
+                                                           max_steps=min(qn, 500))),
+}
+
+
+def estimate(strategy, k, n, width, rate):
+    """(seconds, bytes) rough upper estimates, for skipping; rate in FLOP/s (× 0.25 efficiency)."""
+    fwd = 2.0 * n * k
+    acts = n * 2 * width * 8
+    if strategy.startswith("jacfwd"):
+        flops, mem = 1.5 * k * fwd, k * acts + n * k * 8
+    elif strategy.startswith("jacrev"):
+        flops, mem = 3.0 * n * fwd + 2 * n * n * k, 2 * n * k * 8 + n * acts
+    elif strategy.startswith("layerwise"):
+        flops, mem = 6.0 * fwd + 4 * n * n * width, 8 * (3 * k + n * n + 4 * n * width)
+    else:
+        flops, mem = 2 * min(n, 500) * 3.0 * fwd, 8 * (6 * k + acts)
+    return flops / (0.25 * rate), mem
+
+
+def bench_field(quick):
+    widths = [64, 256, 1024] if quick else [64, 128, 256, 512, 1024, 2048]
+    ns = [64, 256] if quick else [64, 256, 1024]
+    rate = matmul_rate()
+    print(f"matmul reference: {rate / 1e9:.1f} GFLOP/s (float64, 1024x1024)", flush=True)
+    rows, skipped = [], []
+    for n in ns:
+        for width in widths:
+            p = mlp_problem(width, n)
+            k, qn = p.num_params, p.num_outputs
+            theta = p.theta0
+            ref_v = None
+            for name, make in STRATEGIES.items():
+                est_s, est_b = estimate(name, k, n, width, rate)
+                if est_s > MAX_SECONDS or est_b > MAX_BYTES:
+                    skipped.append({"strategy": name, "width": width, "K": k, "N": n,
+                                    "est_seconds": est_s, "est_bytes": est_b})
+                    print(f"skip {name:20s} N={n:5d} width={width:5d} K={k:8d} "
+                          f"(est {est_s:.0f} s, {est_b / 2**30:.1f} GiB)", flush=True)
+                    continue
+                flow = make(qn)
+                compiled, ctime = compile_fn(lambda th, flow=flow, p=p: flow.velocity(p, th), theta)
+                best, med = timeit(compiled, theta)
+                v = compiled(theta)
+                if ref_v is None and name.startswith("layerwise"):
+                    ref_v = v
+                flops = xla_flops(compiled)
+                row = {
+                    "strategy": name, "width": width, "K": k, "N": n, "QN": qn,
+                    "seconds": best, "median_seconds": med, "compile_seconds": ctime,
+                    "peak_bytes": memory_bytes(compiled), "xla_flops": flops,
+                    "flop_rate": flops / best if flops else None, "matmul_rate": rate,
+                    "rel_diff_vs_layerwise": (float(jnp.linalg.norm(v - ref_v) / jnp.linalg.norm(ref_v))
+                                              if ref_v is not None else None),
+                }
+                rows.append(row)
+                print(f"{name:20s} N={n:5d} width={width:5d} K={k:8d} {best * 1e3:10.2f} ms "
+                      f"compile {ctime:5.1f} s mem {row['peak_bytes'] / 2**20 if row['peak_bytes'] else -1:9.1f} MiB",
+                      flush=True)
+    return {"rows": rows, "skipped": skipped, "matmul_rate": rate}
+
+
+# ---------------------------------------------------------------- (b) fit
+
+FIT_METHODS = ("adapted", "adapted_jacrev", "discrete", "standard", "adam", "optimistix", "scipy")
+
+
+def bench_fit(quick, methods=FIT_METHODS):
+    eps = 1e-10
+    p = mlp_problem(256, 64)
+    theta0 = p.theta0
+    c0 = float(p.cost(theta0))
+    target = eps * c0
+    kappa = p.kappa
+    t_eps = math.log(1 / eps) / (2 * kappa)
+    rows = []
+
+    def add(method, seconds, evals, ratio, compile_s=None, note=""):
+        rows.append({"method": method, "seconds": seconds, "evals": evals,
+                     "cost_ratio": ratio, "reached": bool(ratio <= eps * (1 + 1e-6)),  # NaN: no
+                     "compile_seconds": compile_s, "note": note})
+        print(f"{method:34s} {seconds:9.3f} s evals {evals!s:>7} C/C0 {ratio:.2e} {note}",
+              flush=True)
+
+    quiet = dict(diagnostics=False, check_finite=False, max_condition=None, num_saves=2)
+    for key, label, solver in (
+        ("adapted", "adapted flow, diffrax Tsit5 (auto = layerwise)", "auto"),
+        ("adapted_jacrev", "adapted flow, diffrax Tsit5 (jacrev)", CholeskySolver(DenseGram("rev"))),
+    ):
+        if key not in methods:
+            continue
+        tr = fl.simulate(p, fl.AdaptedFlow(solver), theta0, t1=1.5 * t_eps,
+                         cost_target_relative=eps, **quiet)
+        add(label, tr.wall_time, int(tr.num_field_evals), float(tr.cost_final) / c0,
+            tr.compile_time, f"rtol=atol=1e-8, stop {tr.stop_reason}, s={float(tr.t_final):.0f}")
+
+    if "discrete" in methods:
+        budget = 30
+        tr = fl.euler_steps(p, fl.AdaptedFlow(), theta0, num_steps=budget,
+                            cost_target_relative=eps, diagnostics=False)
+        cost = np.asarray(tr.cost)
+        used = int(tr.num_field_evals)
+        add("discrete adapted steps h=1/κ", tr.wall_time, used,
+            float(tr.cost_final) / c0, tr.compile_time,
+            f"lax.scan of {budget} steps (steps after the stop are masked but still computed: "
+            f"{tr.wall_time * used / budget:.3f} s for the {used} used); first step C1/C0 = "
+            f"{cost[1] / cost[0]:.1f}; C_k/C0 = "
+            + ", ".join(f"{c / c0:.1e}" for c in cost[np.isfinite(cost)]))
+
+    if "adam" in methods:
+        _adam(p, theta0, target, c0, quick, add)
+    if "optimistix" in methods:
+        _optimistix(p, theta0, c0, add)
+    if "scipy" in methods:
+        _scipy(p, theta0, target, c0, quick, add)
+    if "standard" not in methods:
+        return {"rows": rows, "eps": eps, "K": p.num_params, "N": p.num_points, "C0": c0,
+                "T_eps": t_eps}
+    cap = 300 if quick else 1000
+    tr = fl.simulate(p, fl.GradientFlow(), theta0, t1=1e5, cost_target_relative=eps,
+                     max_steps=cap, diagnostics=False, check_finite=False, max_condition=None,
+                     ts=np.geomspace(1.0, 1e5, 60))
+    costs = np.asarray(tr.cost)
+    last = float(costs[np.isfinite(costs)][-1]) if np.any(np.isfinite(costs)) else c0
+    t_last = float(np.asarray(tr.ts)[np.isfinite(costs)][-1]) if np.any(np.isfinite(costs)) else 0.0
+    add("standard flow, diffrax Tsit5", tr.wall_time, int(tr.num_field_evals), last / c0,
+        tr.compile_time, f"capped at {cap} steps ({tr.stop_reason}); last save s={t_last:.0f}")
+
+    return {"rows": rows, "eps": eps, "K": p.num_params, "N": p.num_points, "C0": c0,
+            "T_eps": t_eps}
+
+
+def _adam(p, theta0, target, c0, quick, add):
+    import optax
+
+    max_steps = 5000 if quick else 20_000
+    results = []
+    cap = max_steps
+    # largest lr first; a smaller lr is only "best" if it needs fewer steps (same cost per
+    # step), so it is capped at the best step count so far
+    for lr in (1e-2, 3e-3, 1e-3):
+        opt = optax.adam(lr)
+
+        def run(theta, limit, opt=opt):
+            def cond(s):
+                return (s[3] > target) & (s[2] < limit)
+
+            def body(s):
+                th, st, i, _ = s
+                c, g = jax.value_and_grad(p.cost)(th)
+                up, st = opt.update(g, st, th)
+                return optax.apply_updates(th, up), st, i + 1, c
+
+            # s[3] is the cost of the iterate before the last update (one forward pass saved
+            # per step): when it met the target, that iterate, after i − 1 updates, is the answer
+            th, _, i, c = jax.lax.while_loop(cond, body, (theta, opt.init(theta), 0, p.cost(theta)))
+            met = c <= target
+            return jnp.where(met, jnp.maximum(i - 1, 0), i), jnp.where(met, c, p.cost(th))
+
+        limit = jnp.asarray(cap)
+        compiled, ctime = compile_fn(run, theta0, limit)
+        t = time.perf_counter()
+        steps, cost = jax.block_until_ready(compiled(theta0, limit))
+        secs = time.perf_counter() - t
+        ok = float(cost) / c0 <= 1e-10 * (1 + 1e-6)
+        results.append((ok, secs, int(steps), float(cost) / c0, ctime, lr))
+        print(f"  adam lr={lr:g}: {int(steps)} steps, {secs:.1f} s, C/C0={float(cost) / c0:.1e}",
+              flush=True)
+        if ok:
+            cap = min(cap, int(steps))
+    reached = [r for r in results if r[0]]
+    best = min(reached, key=lambda r: r[1]) if reached else min(results, key=lambda r: r[3])
+    note = "; ".join(f"lr={r[5]:g}: {r[2]} steps, {r[1]:.1f} s, C/C0={r[3]:.1e}" for r in results)
+    add(f"optax Adam (best lr={best[5]:g}, <= {max_steps} steps)", best[1], best[2], best[3],
+        best[4], note + " (smaller lrs capped at the best step count so far)")
+
+
+def _optimistix(p, theta0, c0, add):
+    import optimistix as optx
+
+    scale = math.sqrt(p.kappa)
+
+    def fn(th, args):
+        return scale * p.residual(th)
+
+    for name, solver in (("optimistix GaussNewton", optx.GaussNewton(rtol=1e-13, atol=1e-13)),
+                         ("optimistix LevenbergMarquardt",
+                          optx.LevenbergMarquardt(rtol=1e-13, atol=1e-13))):
+        def run(theta, solver=solver):
+            sol = optx.least_squares(fn, solver, theta, options={"jac": "bwd"}, max_steps=100,
+                                     throw=False)
+            return sol.value, sol.stats["num_steps"]
+
+        try:
+            compiled, ctime = compile_fn(run, theta0)
+            t = time.perf_counter()
+            value, steps = jax.block_until_ready(compiled(theta0))
+            secs = time.perf_counter() - t
+        except Exception as e:  # e.g. LM's dense (QN + K) × K QR does not fit in memory
+            msg = str(e).splitlines()[0][:160]
+            add(name, math.nan, 0, math.nan, None, f"failed: {type(e).__name__}: {msg}")
+            continue
+        add(name, secs, int(steps), float(p.cost(value)) / c0, ctime,
+            "jac='bwd', rtol=atol=1e-13, runs to its own termination (time is an upper bound "
+            "on the time to 1e-10·C0)")
+
+
+def _scipy(p, theta0, target, c0, quick, add):
+    from scipy.optimize import least_squares
+
+    scale = math.sqrt(p.kappa)
+    fun = jax.jit(lambda th: scale * p.residual(th))
+    jac = jax.jit(lambda th: scale * p.jacobian(th, "rev"))
+    x0 = np.asarray(theta0)
+    np.asarray(fun(x0)), np.asarray(jac(x0))  # compile outside the timing
+    cap = 30.0 if quick else 120.0
+    state = {"nfev": 0, "hit": None}
+
+    def f(x):
+        state["nfev"] += 1
+        return np.asarray(fun(x))
+
+    def callback(intermediate_result):
+        if intermediate_result.cost <= target:
+            raise StopIteration
+        if time.perf_counter() - state["start"] > cap:
+            raise StopIteration
+
+    state["start"] = time.perf_counter()
+    res = least_squares(f, x0, jac=lambda x: np.asarray(jac(x)), method="trf", ftol=1e-15,
+                        xtol=1e-15, gtol=1e-15, max_nfev=2000, callback=callback)
+    secs = time.perf_counter() - state["start"]
+    add("scipy least_squares trf (jax jac)", secs, state["nfev"], float(res.cost) / c0, None,
+        f"status {res.status}, njev {res.njev}, capped at {cap:.0f} s")
+
+
+# ---------------------------------------------------------------- (c) study
+
+def bench_study(quick):
+    out = {}
+    config = ROOT.parent / "configs" / "quickstart.toml"
+    try:
+        import flowlab.cli  # noqa: F401
+
+        have_cli = config.exists()
+    except ImportError:
+        have_cli = False
+    if have_cli:
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "flowlab.cli", "run", str(config),
+                                   "--out", str(Path(tmp) / "qs"), "--no-plot", "--quiet"],
+                                  capture_output=True, text=True, timeout=900)
+            out["quickstart"] = {"seconds": time.perf_counter() - t, "returncode": proc.returncode,
+                                 "tail": (proc.stdout + proc.stderr)[-1500:]}
+        print(f"quickstart CLI: {out['quickstart']['seconds']:.1f} s (rc {proc.returncode})",
+              flush=True)
+    else:
+        out["quickstart"] = None
+        print("quickstart CLI not available: skipped", flush=True)
+
+    p = mlp_problem(64, 32)
+    rows = []
+    for b in (1, 4, 16, 64):
+        thetas = p.theta0 + 0.1 * jr.normal(jr.key(b), (b, p.num_params))
+        tr = fl.simulate(p, fl.AdaptedFlow(), thetas, t1=400.0, cost_target_relative=1e-8,
+                         num_saves=21, diagnostics=False)
+        rows.append({"seeds": b, "seconds": tr.wall_time, "compile_seconds": tr.compile_time,
+                     "per_seed": tr.wall_time / b,
+                     "reached": int(np.sum(np.asarray(tr.stop_code) == 1))})
+        print(f"seeds {b:3d}: {tr.wall_time:.2f} s ({tr.wall_time / b * 1e3:.0f} ms/seed), "
+              f"compile {tr.compile_time:.1f} s", flush=True)
+    out["seeds"] = {"rows": rows, "width": 64, "N": 32, "K": p.num_params,
+                    "devices": jax.device_count()}
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+def fmt_bytes(b):
+    return "–" if b is None else f"{b / 2**20:.1f}"
+
+
+def markdown(res) -> str:
+    m = res["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['backend']} backend, jax {m['jax']}; "
+             f"{m['date_utc']}; load average at start {m['loadavg_start'][0]:.1f}, "
+             f"at end {m['loadavg_end'][0]:.1f} (machine shared with other jobs).", ""]
+    if "field" in res:
+        f = res["field"]
+        lines += [f"### One adapted vector-field evaluation (float64, tanh, 2 hidden layers, Q = 1)",
+                  "", f"Plain 1024×1024 matmul in the same run: {f['matmul_rate'] / 1e9:.1f} GFLOP/s.",
+                  "", "| N | width | K | strategy | time (ms) | compile (s) | peak mem (MiB) | "
+                  "GFLOP/s (XLA count) | % of matmul | rel. diff vs layerwise |",
+                  "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for r in f["rows"]:
+            rate = r["flop_rate"]
+            gf = "–" if not rate else f"{rate / 1e9:.2f}"
+            pct = "–" if not rate else f"{100 * rate / r['matmul_rate']:.0f}"
+            rd = r["rel_diff_vs_layerwise"]
+            rd = "–" if rd is None else f"{rd:.1e}"
+            lines.append(
+                f"| {r['N']} | {r['width']} | {r['K']} | {r['strategy']} | {r['seconds'] * 1e3:.2f} | "
+                f"{r['compile_seconds']:.1f} | {fmt_bytes(r['peak_bytes'])} | {gf} | {pct} | {rd} |")
+        if f["skipped"]:
+            lines += ["", "Skipped (estimated > 60 s or > 4 GiB): " + "; ".join(
+                f"{s['strategy']} N={s['N']} width={s['width']}" for s in f["skipped"])]
+        lines.append("")
+    if "fit" in res:
+        fit = res["fit"]
+        lines += [f"### Time to C ≤ 1e-10·C(0): width 256, N = {fit['N']}, K = {fit['K']}, same θ0",
+                  "", "| method | time (s) | evaluations / steps | C_final/C(0) | reached | compile (s) | notes |",
+                  "|---|---:|---:|---:|---|---:|---|"]
+        for r in fit["rows"]:
+            cs = "–" if r["compile_seconds"] is None else f"{r['compile_seconds']:.1f}"
+            lines.append(f"| {r['method']} | {r['seconds']:.3f} | {r['evals']} | {r['cost_ratio']:.1e} | "
+                         f"{'yes' if r['reached'] else 'no'} | {cs} | {r['note']} |")
+        lines.append("")
+    if "study" in res:
+        s = res["study"]
+        q = s["quickstart"]
+        lines += ["### Study", "", ("`flowlab run configs/quickstart.toml --no-plot --quiet`: "
+                                    f"{q['seconds']:.1f} s end to end (exit code {q['returncode']})"
+                                    if q else "quickstart CLI not available at benchmark time: skipped"),
+                  "", f"Seeds scaling (adapted flow, width {s['seeds']['width']}, N = {s['seeds']['N']}, "
+                  f"K = {s['seeds']['K']}, one vmapped solve, {s['seeds']['devices']} device(s)):", "",
+                  "| seeds | wall (s) | per seed (ms) | compile (s) | reached target |",
+                  "|---:|---:|---:|---:|---:|"]
+        for r in s["seeds"]["rows"]:
+            lines.append(f"| {r['seeds']} | {r['seconds']:.2f} | {r['per_seed'] * 1e3:.0f} | "
+                         f"{r['compile_seconds']:.1f} | {r['reached']}/{r['seeds']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller grids and caps")
+    ap.add_argument("--only", default="field,fit,study", help="comma list of field,fit,study")
+    ap.add_argument("--out", default=str(ROOT / "results"))
+    ap.add_argument("--fit-methods", default=",".join(FIT_METHODS),
+                    help="comma list of " + ",".join(FIT_METHODS))
+    args = ap.parse_args(argv)
+    parts = [s.strip() for s in args.only.split(",") if s.strip()]
+    bad = set(parts) - {"field", "fit", "study"}
+    if bad:
+        raise SystemExit(f"unknown benchmark part(s) {sorted(bad)}; expected field, fit, study")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = {"machine": machine(), "quick": args.quick}
+    for part in parts:
+        print(f"== {part}", flush=True)
+        if part == "fit":
+            res[part] = bench_fit(args.quick, tuple(args.fit_methods.split(",")))
+        else:
+            res[part] = {"field": bench_field, "study": bench_study}[part](args.quick)
+    res["machine"]["loadavg_end"] = list(os.getloadavg())
+    tag = "_".join(parts) + ("_quick" if args.quick else "")
+    if "fit" in parts and args.fit_methods != ",".join(FIT_METHODS):
+        tag += "_" + args.fit_methods.replace(",", "-")
+    (out / f"{tag}.json").write_text(json.dumps(res, indent=1, default=float))
+    (out / f"{tag}.md").write_text(markdown(res))
+    print(f"wrote {out / tag}.json and .md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+r"""A homotopy of flows between the standard (α = 0) and the adapted (α = 1) field (MATH §5).
+
+With the thin SVD D = U diag(σ) Vᵀ, V_α = −V f_α(Σ) Uᵀ ∇_X C, f_α acting on each σ > 0
+(σ below the cutoff counts as 0 and is dropped, as in the pseudo-inverse). The default filter
+f_α(σ) = (1 − α)σ + α/σ gives V_0 = −Dᵀ∇_X C and V_1 = −D⁺∇_X C, i.e. V_α = −[(1 − α)Dᵀ + αD⁺]∇_X C.
+
+Same equilibria for every α: any filter with f > 0 on σ > 0 has V = 0 ⇔ Uᵀ∇_X C = 0 on the
+kept singular directions ⇔ Dᵀ∇_X C = 0. Rate (derived): X' = −U σf(σ) Uᵀ ∇_X C with
+σf_α(σ) = (1 − α)σ² + α ≥ α, so at full row rank C(s) ≤ e^{−2ακs} C(0) for the squared loss.
+"""
+
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .flows import FLOWS, AbstractFlow
+from .geometry import default_rcond, jacobian_svd
+
+
+class AbstractSpectralFilter(eqx.Module):
+    """σ ↦ f(σ) > 0 on σ > 0: how the field weights each singular direction of D."""
+
+    @abc.abstractmethod
+    def __call__(self, sigma: Float[Array, " r"]) -> Float[Array, " r"]: ...
+
+
+class InterpolatingFilter(AbstractSpectralFilter):
+    """f_α(σ) = (1 − α)σ + α/σ: Dᵀ at α = 0, D⁺ at α = 1."""
+
+    alpha: float | Array
+
+    def __call__(self, sigma):
+        return (1.0 - self.alpha) * sigma + self.alpha / sigma
+
+
+class HomotopyFlow(AbstractFlow):
+    r"""θ' = −V f(Σ) Uᵀ ∇_X C with f = `filter` (default InterpolatingFilter(alpha)).
+
+    `filter` may be any AbstractSpectralFilter or callable σ ↦ f(σ) (vectorised, positive on
+    σ > 0); singular values ≤ rcond·σ_max are dropped (rcond None: max(QN, K)·eps). Costs one
+    SVD of the QN × K Jacobian per evaluation. α is an array leaf: one compiled solve serves
+    every α."""
+
+    alpha: Float[Array, ""] = eqx.field(converter=lambda a: jnp.asarray(a, float), default=0.5)
+    filter: AbstractSpectralFilter | Callable | None = eqx.field(static=True, default=None)
+    rcond: float | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if self.alpha.shape != ():
+            raise ValueError(f"alpha must be a number, got shape {self.alpha.shape}")
+        if not isinstance(self.alpha, jax.core.Tracer) and not 0.0 <= float(self.alpha) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {float(self.alpha)!r}")
+        if self.filter is not None and not callable(self.filter):
+            raise ValueError(f"filter must be callable σ -> f(σ), got {self.filter!r}")
+        if self.rcond is not None and not 0.0 <= self.rcond < 1.0:
+            raise ValueError(f"rcond must be in [0, 1), got {self.rcond!r}")
+
+    @property
+    def inverts_jacobian(self) -> bool:
+        # only the default filter at α = 0 (the standard flow) is safe where σ → 0
+        return self.filter is not None or float(self.alpha) > 0
+
+    @property
+    def spectral_filter(self) -> Callable:
+        return InterpolatingFilter(self.alpha) if self.filter is None else self.filter
+
+    def velocity(self, problem, theta):
+        g = problem.output_gradient(problem.outputs(theta))
+        u, s, vt = jacobian_svd(problem, theta)
+        rcond = default_rcond(problem) if self.rcond is None else self.rcond
+        keep = s > rcond * s[0]
+        f = self.spectral_filter(jnp.where(keep, s, 1.0))
+        return -vt.T @ jnp.where(keep, f * (u.T @ g), 0.0)
+
+
+def homotopy_rate_bound(alpha: float, kappa: float) -> float:
+    """2ακ: C(s) ≤ e^{−2ακs} C(0) along the default homotopy at full row rank."""
+    return 2.0 * alpha * kappa
+
+
+FLOWS["homotopy"] = HomotopyFlow

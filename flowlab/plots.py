@@ -1,0 +1,174 @@
+"""Figures of a run folder (matplotlib, Agg backend), each written as PNG and PDF.
+
+- decay: log10 C(s)/C(0) against s, one panel per flow, one colour per cell, thin lines per
+  seed, the predicted curve e^{−r s} (r = predicted rate at the start) dashed;
+- rates: the fitted rate / 2κ against the swept axis (width by default), per flow, with the
+  prediction (2κ for the adapted flow, 2κ·λ_min(Θ) at start and end for the standard flow);
+- stopping_time: measured T_ε against predicted, with the diagonal.
+"""
+
+import math
+import os
+from collections import defaultdict
+
+import numpy as np
+
+from .store import RunStore, read_summary
+
+__all__ = ["plot_run"]
+
+_X_AXES = ("width", "N", "M", "depth", "Q")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, folder, name, dpi) -> list[str]:
+    paths = []
+    for ext in ("png", "pdf"):
+        p = os.path.join(folder, f"{name}.{ext}")
+        tmp = os.path.join(folder, f".{name}.tmp.{ext}")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, p)
+        paths.append(p)
+    return paths
+
+
+def _varying(rows, keys):
+    return [k for k in keys if len({str(r[k]) for r in rows}) > 1]
+
+
+def _label(row, keys):
+    return ", ".join(f"{k}={row[k]}" for k in keys) or row["cell"]
+
+
+def plot_run(run_dir: str, out_dir: str | None = None, dpi: int = 110) -> list[str]:
+    """Write the run's figures into RUN/figures (or out_dir); returns the file paths."""
+    plt = _plt()
+    store = RunStore(run_dir)
+    rows = read_summary(run_dir)
+    out_dir = out_dir or os.path.join(store.path, "figures")
+    os.makedirs(out_dir, exist_ok=True)
+    flows = list(dict.fromkeys(r["flow"] for r in rows))
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    by_cell = defaultdict(list)
+    for r in rows:
+        by_cell[r["cell"]].append(r)
+    arch_keys = _varying(rows, ("width", "depth", "N", "M", "Q", "activation"))
+    paths = []
+
+    # decay curves
+    fig, axes = plt.subplots(1, len(flows), figsize=(4.2 * len(flows), 3.4), squeeze=False,
+                             sharey=True)
+    arch = list(dict.fromkeys(_label(by_cell[c][0], arch_keys) for c in cells))
+    cmap = plt.get_cmap("viridis")
+    colour = {a: cmap(i / max(1, len(arch) - 1) * 0.9) for i, a in enumerate(arch)}
+    first_cell = {}
+    for cid in cells:
+        first_cell.setdefault(by_cell[cid][0]["flow"], cid)
+    for ax, flow in zip(axes[0], flows):
+        for cid in cells:
+            first = by_cell[cid][0]
+            if first["flow"] != flow:
+                continue
+            a = store.load_arrays(cid)
+            col = colour[_label(first, arch_keys)]
+            t_max = 0.0
+            for i in range(a["cost"].shape[0]):
+                ok = a["valid"][i] & np.isfinite(a["cost"][i])
+                t = np.append(a["ts"][i][ok], a["t_final"][i])
+                c = np.append(a["cost"][i][ok], a["cost_final"][i]) / a["cost0"][i]
+                ax.plot(t, np.log10(np.maximum(c, 1e-300)), color=col, lw=0.8, alpha=0.7,
+                        label=_label(first, arch_keys) if i == 0 else None)
+                t_max = max(t_max, float(t[-1]))
+            rate = np.nanmedian([r["predicted_rate_start"] for r in by_cell[cid]])
+            if np.isfinite(rate):
+                s = np.linspace(0, t_max, 50)
+                ax.plot(s, -rate * s / math.log(10), "--", color="k", lw=1.0, alpha=0.8,
+                        zorder=3, label="theory, rate at s = 0" if cid == first_cell[flow] else None)
+        ax.set_title(f"{flow} (dashed: theory)")
+        ax.set_xlabel("s")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("log10 C(s)/C(0)")
+    for ax in axes[0]:
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    paths += _save(fig, out_dir, "decay", dpi)
+    plt.close(fig)
+
+    # rate against the swept axis
+    xs = _varying(rows, _X_AXES)
+    xkey = xs[0] if xs else "width"
+    group_keys = ["flow"] + [k for k in _varying(rows, ("depth", "N", "M", "Q", "activation"))
+                             if k != xkey]
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    groups = defaultdict(list)
+    for r in rows:
+        groups[tuple(r[k] for k in group_keys)].append(r)
+    markers = "osD^v<>ph*"
+    for gi, (g, rs) in enumerate(groups.items()):
+        col = plt.get_cmap("tab10")(gi % 10)
+        name = ", ".join(f"{k}={v}" if k != "flow" else str(v) for k, v in zip(group_keys, g))
+        x = np.array([float(r[xkey]) for r in rs])
+        two_kappa = np.array([2 * r["kappa"] for r in rs])
+        y = np.array([r["measured_rate"] for r in rs]) / two_kappa
+        ax.scatter(x, y, s=14, color=col, marker=markers[gi % len(markers)], label=f"{name}: measured")
+        ux = np.unique(x)
+        for col_name, style in (("predicted_rate_start", "--"), ("predicted_rate_end", ":")):
+            p = np.array([r[col_name] for r in rs]) / two_kappa
+            med = [np.nanmedian(p[x == u]) if np.any(np.isfinite(p[x == u])) else np.nan for u in ux]
+            if np.any(np.isfinite(med)):
+                ax.plot(ux, med, style, color=col, lw=1.2,
+                        label=f"{name}: theory ({'start' if 'start' in col_name else 'end'})")
+    ax.set_xscale("log" if xkey in ("width", "N", "M") else "linear")
+    ax.set_yscale("log")
+    ax.set_xlabel(xkey)
+    ax.set_ylabel("decay rate of C / 2κ")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6.5, loc="best")
+    fig.tight_layout()
+    paths += _save(fig, out_dir, "rates", dpi)
+    plt.close(fig)
+
+    # stopping times
+    fig, ax = plt.subplots(figsize=(4.4, 3.8))
+    lo, hi, missing = math.inf, 0.0, 0
+    for gi, flow in enumerate(flows):
+        rs = [r for r in rows if r["flow"] == flow]
+        p = np.array([r["T_eps_predicted"] for r in rs], float)
+        m = np.array([r["T_eps_measured"] for r in rs], float)
+        tf = np.array([r["t_final"] for r in rs], float)
+        ok = np.isfinite(p) & np.isfinite(m) & (p > 0) & (m > 0)
+        # not reached: the measured T_ε exceeds the simulated time (a lower bound)
+        lower = np.isfinite(p) & (p > 0) & ~np.isfinite(m) & (tf > 0)
+        missing += int(np.sum(~ok & ~lower))
+        col = plt.get_cmap("tab10")(gi % 10)
+        if np.any(ok):
+            ax.scatter(p[ok], m[ok], s=16, marker=markers[gi % len(markers)], color=col, label=flow)
+            lo, hi = min(lo, p[ok].min(), m[ok].min()), max(hi, p[ok].max(), m[ok].max())
+        if np.any(lower):
+            ax.scatter(p[lower], tf[lower], s=22, marker="^", facecolors="none", edgecolors=col,
+                       label=f"{flow}: not reached, T_ε > s_final")
+            lo, hi = min(lo, p[lower].min(), tf[lower].min()), max(hi, p[lower].max(), tf[lower].max())
+    if hi > 0:
+        d = np.array([lo / 1.5, hi * 1.5])
+        ax.plot(d, d, "k--", lw=1, label="measured = predicted")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    eps = rows[0]["epsilon"]
+    ax.set_xlabel(f"predicted T_ε = ln(1/ε)/rate, ε = {eps:g}")
+    ax.set_ylabel("measured first s with C ≤ ε C(0)")
+    if missing:
+        ax.set_title(f"{missing} runs without a prediction or crossing (not shown)", fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths += _save(fig, out_dir, "stopping_time", dpi)
+    plt.close(fig)
+    return paths
