@@ -29,13 +29,14 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
-import jax.random as jr  # noqa: E402
-import numpy as np  # noqa: E402
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
 
-import flowlab as fl  # noqa: E402
-from flowlab.linalg import CGSolver, CholeskySolver, DenseGram, LayerwiseGram  # noqa: E402
+import flowlab as fl
+from flowlab.linalg import CGSolver, CholeskySolver, DenseGram, LayerwiseGram
 
+GRID: dict = {}  # --widths / --ns overrides for the field benchmark
 MAX_SECONDS = 60.0
 MAX_BYTES = 4 * 2**30
 ROOT = Path(__file__).resolve().parent
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parent
 def machine() -> dict:
     model = "unknown"
     try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
             if line.startswith("Model name"):
                 model = line.split(":", 1)[1].strip()
     except OSError:
@@ -84,7 +85,7 @@ def memory_bytes(compiled) -> int | None:
         m = compiled.memory_analysis()
         return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
                    - m.alias_size_in_bytes)
-    except Exception:
+    except Exception:  # noqa: BLE001 (best effort: not every backend reports it)
         return None
 
 
@@ -93,7 +94,7 @@ def xla_flops(compiled) -> float | None:
         ca = compiled.cost_analysis()
         ca = ca[0] if isinstance(ca, (list, tuple)) else ca
         return float(ca.get("flops", math.nan))
-    except Exception:
+    except Exception:  # noqa: BLE001 (best effort: not every backend reports it)
         return None
 
 
@@ -106,18 +107,22 @@ def matmul_rate(n=1024) -> float:
     return 2 * n**3 / best
 
 
-def mlp_problem(width, n, depth=2, activation="tanh", seed=0):
-    data = fl.smooth_regression(jr.key(seed), n, in_size=2)
-    model = fl.MLP(2, 1, [width] * depth, activation, key=jr.key(seed + 1))
+def mlp_problem(width, n, depth=2, activation="tanh", seed=0, in_size=2):
+    data = fl.smooth_regression(jr.key(seed), n, in_size=in_size)
+    model = fl.MLP(in_size, 1, [width] * depth, activation, key=jr.key(seed + 1))
     return fl.LeastSquaresProblem(model, data)
 
 
 # ---------------------------------------------------------------- (a) field
 
-STRATEGIES = {
-    "jacfwd+cholesky": lambda qn: fl.AdaptedFlow(CholeskySolver(DenseGram("fwd"))),
-    "jacrev+cholesky": lambda qn: fl.AdaptedFlow(CholeskySolver(DenseGram("rev"))),
+#: input dimension of the field benchmark: with M = 2 the Gram of N ≥ 256 points is numerically
+#: singular (Cholesky fails), so the field benchmark uses M = 16, where Θ stays invertible.
+FIELD_IN_SIZE = 16
+
+STRATEGIES = {  # the first is the reference the others are compared with
     "layerwise+cholesky": lambda qn: fl.AdaptedFlow(CholeskySolver(LayerwiseGram())),
+    "jacrev+cholesky": lambda qn: fl.AdaptedFlow(CholeskySolver(DenseGram("rev"))),
+    "jacfwd+cholesky": lambda qn: fl.AdaptedFlow(CholeskySolver(DenseGram("fwd"))),
     "cg (matrix-free)": lambda qn: fl.AdaptedFlow(CGSolver(rtol=1e-10, atol=1e-14,
                                                            max_steps=min(qn, 500))),
 }
@@ -126,7 +131,7 @@ STRATEGIES = {
 def estimate(strategy, k, n, width, rate):
     """(seconds, bytes) rough upper estimates, for skipping; rate in FLOP/s (× 0.25 efficiency)."""
     fwd = 2.0 * n * k
-    acts = n * 2 * width * 8
+    acts = n * 2 * width * 8  # hidden activations of the N points
     if strategy.startswith("jacfwd"):
         flops, mem = 1.5 * k * fwd, k * acts + n * k * 8
     elif strategy.startswith("jacrev"):
@@ -141,12 +146,14 @@ def estimate(strategy, k, n, width, rate):
 def bench_field(quick):
     widths = [64, 256, 1024] if quick else [64, 128, 256, 512, 1024, 2048]
     ns = [64, 256] if quick else [64, 256, 1024]
+    widths = GRID.get("widths", widths)
+    ns = GRID.get("ns", ns)
     rate = matmul_rate()
     print(f"matmul reference: {rate / 1e9:.1f} GFLOP/s (float64, 1024x1024)", flush=True)
     rows, skipped = [], []
     for n in ns:
         for width in widths:
-            p = mlp_problem(width, n)
+            p = mlp_problem(width, n, in_size=FIELD_IN_SIZE)
             k, qn = p.num_params, p.num_outputs
             theta = p.theta0
             ref_v = None
@@ -159,16 +166,19 @@ def bench_field(quick):
                           f"(est {est_s:.0f} s, {est_b / 2**30:.1f} GiB)", flush=True)
                     continue
                 flow = make(qn)
-                compiled, ctime = compile_fn(lambda th, flow=flow, p=p: flow.velocity(p, th), theta)
-                best, med = timeit(compiled, theta)
-                v = compiled(theta)
-                if ref_v is None and name.startswith("layerwise"):
+                # the problem is an argument (not a baked-in constant), as inside simulate()
+                compiled, ctime = compile_fn(lambda prob, th, flow=flow: flow.velocity(prob, th),
+                                             p, theta)
+                best, med = timeit(compiled, p, theta)
+                v = compiled(p, theta)
+                if ref_v is None:
                     ref_v = v
                 flops = xla_flops(compiled)
                 row = {
                     "strategy": name, "width": width, "K": k, "N": n, "QN": qn,
                     "seconds": best, "median_seconds": med, "compile_seconds": ctime,
                     "peak_bytes": memory_bytes(compiled), "xla_flops": flops,
+                    "finite": bool(jnp.all(jnp.isfinite(v))),
                     "flop_rate": flops / best if flops else None, "matmul_rate": rate,
                     "rel_diff_vs_layerwise": (float(jnp.linalg.norm(v - ref_v) / jnp.linalg.norm(ref_v))
                                               if ref_v is not None else None),
@@ -202,7 +212,7 @@ def bench_fit(quick, methods=FIT_METHODS):
         print(f"{method:34s} {seconds:9.3f} s evals {evals!s:>7} C/C0 {ratio:.2e} {note}",
               flush=True)
 
-    quiet = dict(diagnostics=False, check_finite=False, max_condition=None, num_saves=2)
+    quiet = {"diagnostics": False, "check_finite": False, "max_condition": None, "num_saves": 2}
     for key, label, solver in (
         ("adapted", "adapted flow, diffrax Tsit5 (auto = layerwise)", "auto"),
         ("adapted_jacrev", "adapted flow, diffrax Tsit5 (jacrev)", CholeskySolver(DenseGram("rev"))),
@@ -316,7 +326,7 @@ def _optimistix(p, theta0, c0, add):
             t = time.perf_counter()
             value, steps = jax.block_until_ready(compiled(theta0))
             secs = time.perf_counter() - t
-        except Exception as e:  # e.g. LM's dense (QN + K) × K QR does not fit in memory
+        except Exception as e:  # noqa: BLE001 -- e.g. LM's dense (QN + K) × K QR does not fit in memory
             msg = str(e).splitlines()[0][:160]
             add(name, math.nan, 0, math.nan, None, f"failed: {type(e).__name__}: {msg}")
             continue
@@ -370,7 +380,7 @@ def bench_study(quick):
             t = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "flowlab.cli", "run", str(config),
                                    "--out", str(Path(tmp) / "qs"), "--no-plot", "--quiet"],
-                                  capture_output=True, text=True, timeout=900)
+                                  capture_output=True, text=True, timeout=900, check=False)
             out["quickstart"] = {"seconds": time.perf_counter() - t, "returncode": proc.returncode,
                                  "tail": (proc.stdout + proc.stderr)[-1500:]}
         print(f"quickstart CLI: {out['quickstart']['seconds']:.1f} s (rc {proc.returncode})",
@@ -403,15 +413,16 @@ def fmt_bytes(b):
 
 def markdown(res) -> str:
     m = res["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['backend']} backend, jax {m['jax']}; "
+    lines = [(f"Machine: {m['cpu']}, {m['cores']} cores, {m['backend']} backend, jax {m['jax']}; "
              f"{m['date_utc']}; load average at start {m['loadavg_start'][0]:.1f}, "
-             f"at end {m['loadavg_end'][0]:.1f} (machine shared with other jobs).", ""]
+             f"at end {m['loadavg_end'][0]:.1f} (machine shared with other jobs)."), ""]
     if "field" in res:
         f = res["field"]
-        lines += [f"### One adapted vector-field evaluation (float64, tanh, 2 hidden layers, Q = 1)",
+        lines += [(f"### One adapted vector-field evaluation (float64, tanh, 2 hidden layers, "
+                  f"M = {FIELD_IN_SIZE} inputs, Q = 1)"),
                   "", f"Plain 1024×1024 matmul in the same run: {f['matmul_rate'] / 1e9:.1f} GFLOP/s.",
-                  "", "| N | width | K | strategy | time (ms) | compile (s) | peak mem (MiB) | "
-                  "GFLOP/s (XLA count) | % of matmul | rel. diff vs layerwise |",
+                  "", ("| N | width | K | strategy | time (ms) | compile (s) | peak mem (MiB) | "
+                  "GFLOP/s (XLA count) | % of matmul | rel. diff vs layerwise |"),
                   "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         for r in f["rows"]:
             rate = r["flop_rate"]
@@ -419,6 +430,7 @@ def markdown(res) -> str:
             pct = "–" if not rate else f"{100 * rate / r['matmul_rate']:.0f}"
             rd = r["rel_diff_vs_layerwise"]
             rd = "–" if rd is None else f"{rd:.1e}"
+            rd = rd if r.get("finite", True) else "not finite"
             lines.append(
                 f"| {r['N']} | {r['width']} | {r['K']} | {r['strategy']} | {r['seconds'] * 1e3:.2f} | "
                 f"{r['compile_seconds']:.1f} | {fmt_bytes(r['peak_bytes'])} | {gf} | {pct} | {rd} |")
@@ -442,8 +454,8 @@ def markdown(res) -> str:
         lines += ["### Study", "", ("`flowlab run configs/quickstart.toml --no-plot --quiet`: "
                                     f"{q['seconds']:.1f} s end to end (exit code {q['returncode']})"
                                     if q else "quickstart CLI not available at benchmark time: skipped"),
-                  "", f"Seeds scaling (adapted flow, width {s['seeds']['width']}, N = {s['seeds']['N']}, "
-                  f"K = {s['seeds']['K']}, one vmapped solve, {s['seeds']['devices']} device(s)):", "",
+                  "", (f"Seeds scaling (adapted flow, width {s['seeds']['width']}, N = {s['seeds']['N']}, "
+                  f"K = {s['seeds']['K']}, one vmapped solve, {s['seeds']['devices']} device(s)):"), "",
                   "| seeds | wall (s) | per seed (ms) | compile (s) | reached target |",
                   "|---:|---:|---:|---:|---:|"]
         for r in s["seeds"]["rows"]:
@@ -460,7 +472,13 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "results"))
     ap.add_argument("--fit-methods", default=",".join(FIT_METHODS),
                     help="comma list of " + ",".join(FIT_METHODS))
+    ap.add_argument("--widths", help="field benchmark widths, e.g. 64,1024")
+    ap.add_argument("--ns", help="field benchmark N values, e.g. 64,256")
     args = ap.parse_args(argv)
+    if args.widths:
+        GRID["widths"] = [int(w) for w in args.widths.split(",")]
+    if args.ns:
+        GRID["ns"] = [int(n) for n in args.ns.split(",")]
     parts = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = set(parts) - {"field", "fit", "study"}
     if bad:

@@ -60,9 +60,11 @@ def cmd_run(args) -> int:
     from .store import StoreError
     from .sweep import run_study
 
+    if args.jobs < 1:
+        return _err(f"--jobs must be >= 1, got {args.jobs}")
     out = args.out or study.out_dir
     try:
-        store = run_study(study, out, progress=not args.quiet)
+        store = run_study(study, out, progress=not args.quiet, jobs=args.jobs)
     except StoreError as e:
         return _err(str(e))
     except KeyboardInterrupt:
@@ -120,7 +122,7 @@ def _aggregate(rows: list[dict]) -> list[dict]:
     for r in rows:
         by_cell.setdefault(r["cell"], []).append(r)
     out = []
-    for cid, rs in by_cell.items():
+    for rs in by_cell.values():
         agg = dict(rs[0])
         agg["seeds"] = len(rs)
         for k, v in rs[0].items():
@@ -158,7 +160,8 @@ def _fmt(v) -> str:
 def _columns(rows):
     cols = [(k, h) for k, h in _COLUMNS if k in rows[0] or k == "seeds"]
     cols = [c for c in cols if c[0] != "seeds" or "seeds" in rows[0]]
-    cols += [(k, h) for k, h in _OPTIONAL if k in rows[0] and k.startswith(("lsq", "cost_ratio"))]
+    if "lsq_cost" in rows[0]:  # a comparison with scipy: show where each method ended
+        cols += [(k, h) for k, h in _OPTIONAL if k in rows[0]]
     # drop columns that are constant and uninteresting
     for k in ("M", "depth", "N"):
         if len({str(r.get(k)) for r in rows}) == 1 and k != "N":
@@ -177,7 +180,7 @@ def _table(rows: list[dict], markdown: bool = False) -> str:
         lines += ["| " + " | ".join(c) + " |" for c in cells]
         return "\n".join(lines)
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
-    line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))  # noqa: E731
+    line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))
     return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(c) for c in cells])
 
 
@@ -239,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="override config entries; values are TOML (strings may be bare)")
     r.add_argument("--out", help="run folder (default: output.dir, else runs/<config name>)")
+    r.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="cells run at once (threads; default min(2, CPUs)): XLA compiles a "
+                        "cell on one core, so two cores compile two cells at once")
     r.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
     r.add_argument("--quiet", action="store_true", help="no progress bar or table")
     r.set_defaults(fn=cmd_run)

@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["ConfigError", "Study", "load_config", "parse_config", "apply_overrides", "GRID_KEYS"]
+__all__ = ["GRID_KEYS", "ConfigError", "Study", "apply_overrides", "load_config", "parse_config"]
 
 
 class ConfigError(ValueError):
@@ -296,7 +296,7 @@ def _init_params(cls) -> dict[str, inspect.Parameter]:
 
 def _check_scalar_param(where, key, value):
     if isinstance(value, dict):
-        raise ConfigError(where, key, f"expected a number, string, boolean or list, found a table")
+        raise ConfigError(where, key, "expected a number, string, boolean or list, found a table")
     return value
 
 
@@ -312,7 +312,7 @@ def _check_flows(where, raw) -> dict:
         if not isinstance(spec, dict):
             raise ConfigError(where, key, f"expected a table (kind = ..., parameters), found {_typename(spec)}")
         kind = spec.get("kind", name)
-        v, err = _FLOW_META["kind"](kind)
+        _, err = _FLOW_META["kind"](kind)
         if err is not None:
             raise ConfigError(where, f"{key}.kind", f"expected a registered flow, {err}, found {_typename(kind)}")
         label = spec.get("label", name)
@@ -393,9 +393,9 @@ def parse_config(raw: dict, where: str = "<config>", name: str | None = None, ba
         if k in sections and not isinstance(v, dict):
             raise ConfigError(where, k, f"expected a table [{k}], found {_typename(v)}")
     config = _check_table(where, "", top, {**SCHEMA[""], **{s: (None, {}) for s in sections}})
-    for section in SCHEMA:
+    for section, spec in SCHEMA.items():
         if section:
-            config[section] = _check_table(where, section, raw.get(section, {}), SCHEMA[section])
+            config[section] = _check_table(where, section, raw.get(section, {}), spec)
     config["flows"] = _check_flows(where, raw.get("flows"))
     config["name"] = config["name"] or name or "study"
 

@@ -12,13 +12,14 @@ Each flow is an `eqx.Module` callable as a diffrax vector field ``(t, θ, proble
 
 import abc
 from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float
 
-from .linalg import AbstractGram, AbstractPinvSolver, AutoGram, DenseGram, resolve_solver
+from .linalg import AbstractGram, AbstractPinvSolver, AutoGram, resolve_solver
 
 
 class AbstractFlow(eqx.Module):

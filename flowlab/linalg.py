@@ -22,8 +22,8 @@ when it does not, and QR of D when K < QN (see `auto_solver` for why not the nor
 
 import abc
 import math
-from typing import ClassVar
 import os
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -255,7 +255,7 @@ def memory_budget() -> int:
     try:
         stats = jax.devices()[0].memory_stats()
         total = stats.get("bytes_limit") if stats else None
-    except Exception:  # CPU backends may not report memory stats
+    except (AttributeError, RuntimeError, NotImplementedError):  # CPUs may not report it
         total = None
     if not total:
         try:

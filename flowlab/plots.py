@@ -4,7 +4,9 @@
   seed, the predicted curve e^{−r s} (r = predicted rate at the start) dashed;
 - rates: the fitted rate / 2κ against the swept axis (width by default), per flow, with the
   prediction (2κ for the adapted flow, 2κ·λ_min(Θ) at start and end for the standard flow);
-- stopping_time: measured T_ε against predicted, with the diagonal.
+- stopping_time: measured T_ε against predicted, with the diagonal;
+- rank_map (when two data axes are swept, e.g. N × M): min λ_min(Θ) along the run per cell,
+  annotated with K, QN and how the runs ended.
 """
 
 import math
@@ -87,7 +89,8 @@ def plot_run(run_dir: str, out_dir: str | None = None, dpi: int = 110) -> list[s
                 ax.plot(t, np.log10(np.maximum(c, 1e-300)), color=col, lw=0.8, alpha=0.7,
                         label=_label(first, arch_keys) if i == 0 else None)
                 t_max = max(t_max, float(t[-1]))
-            rate = np.nanmedian([r["predicted_rate_start"] for r in by_cell[cid]])
+            rates = np.array([r["predicted_rate_start"] for r in by_cell[cid]], float)
+            rate = np.median(rates[np.isfinite(rates)]) if np.any(np.isfinite(rates)) else np.nan
             if np.isfinite(rate):
                 s = np.linspace(0, t_max, 50)
                 ax.plot(s, -rate * s / math.log(10), "--", color="k", lw=1.0, alpha=0.8,
@@ -128,6 +131,10 @@ def plot_run(run_dir: str, out_dir: str | None = None, dpi: int = 110) -> list[s
                         label=f"{name}: theory ({'start' if 'start' in col_name else 'end'})")
     ax.set_xscale("log" if xkey in ("width", "N", "M") else "linear")
     ax.set_yscale("log")
+    lo_y, hi_y = ax.get_ylim()
+    if hi_y < 10 * lo_y:  # all rates equal: show a decade around them, not round-off
+        mid = math.sqrt(lo_y * hi_y)
+        ax.set_ylim(mid / 5, mid * 5)
     ax.set_xlabel(xkey)
     ax.set_ylabel("decay rate of C / 2κ")
     ax.grid(alpha=0.3, which="both")
@@ -135,6 +142,36 @@ def plot_run(run_dir: str, out_dir: str | None = None, dpi: int = 110) -> list[s
     fig.tight_layout()
     paths += _save(fig, out_dir, "rates", dpi)
     plt.close(fig)
+
+    # rank map over two swept data axes (e.g. N × M): where the rank condition holds
+    data_axes = _varying(rows, ("N", "M", "width", "depth", "Q"))
+    if len(data_axes) >= 2:
+        xa, ya = data_axes[0], data_axes[1]
+        xv = sorted({r[xa] for r in rows})
+        yv = sorted({r[ya] for r in rows})
+        grid = np.full((len(yv), len(xv)), np.nan)
+        notes = {}
+        for (x, y) in {(r[xa], r[ya]) for r in rows}:
+            rs = [r for r in rows if r[xa] == x and r[ya] == y]
+            lam = [max(float(r["min_lambda_min"]), 1e-30) for r in rs if np.isfinite(r["min_lambda_min"])]
+            i, j = yv.index(y), xv.index(x)
+            grid[i, j] = np.log10(min(lam)) if lam else np.nan
+            reasons = sorted({r["stop_reason"] for r in rs})
+            notes[i, j] = f"K={rs[0]['K']}\nQN={rs[0]['QN']}\n" + "/".join(
+                {"cost_target": "2κ ok", "rank_loss": "rank loss"}.get(x, x) for x in reasons)
+        fig, ax = plt.subplots(figsize=(1.3 * len(xv) + 1.6, 1.0 * len(yv) + 1.2))
+        im = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+        for (i, j), t in notes.items():
+            ax.text(j, i, t, ha="center", va="center", fontsize=6.5, color="w",
+                    bbox={"facecolor": "k", "alpha": 0.35, "lw": 0, "pad": 1})
+        ax.set_xticks(range(len(xv)), [str(v) for v in xv])
+        ax.set_yticks(range(len(yv)), [str(v) for v in yv])
+        ax.set_xlabel(xa)
+        ax.set_ylabel(ya)
+        fig.colorbar(im, ax=ax, label="log10 min λ_min(Θ) along the run")
+        fig.tight_layout()
+        paths += _save(fig, out_dir, "rank_map", dpi)
+        plt.close(fig)
 
     # stopping times
     fig, ax = plt.subplots(figsize=(4.4, 3.8))

@@ -34,7 +34,7 @@ class StoreError(RuntimeError):
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def atomic_write(path: str, data: bytes | str) -> None:
@@ -75,7 +75,7 @@ def _flatten(d, prefix=""):
 def git_commit(path: str) -> dict | None:
     """The commit (and whether the tree is dirty) of the git checkout holding `path`."""
     try:
-        run = lambda *a: subprocess.run(  # noqa: E731
+        run = lambda *a: subprocess.run(
             ["git", *a], cwd=path, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         commit = run("rev-parse", "HEAD")

@@ -31,7 +31,7 @@ from .problem import LeastSquaresProblem
 from .simulate import STOP_REASONS, simulate
 from .store import RunStore
 
-__all__ = ["Cell", "expand_grid", "run_cell", "run_study", "predicted_tail_rate"]
+__all__ = ["Cell", "expand_grid", "predicted_tail_rate", "run_cell", "run_study"]
 
 #: grid axes in nesting order (the flow innermost: flows of one architecture run side by side).
 _AXES = ("num_points", "in_size", "out_size", "depth", "width", "activation", "seeds", "flow")
@@ -209,8 +209,8 @@ def _least_squares(problem, theta0, max_nfev):
     """scipy.optimize.least_squares (trf, exact Jacobian) from each start."""
     from scipy.optimize import least_squares
 
-    res_fn = lambda t: _residual(problem, jnp.asarray(t))  # noqa: E731
-    jac_fn = lambda t: _jacobian(problem, jnp.asarray(t))  # noqa: E731
+    res_fn = lambda t: _residual(problem, jnp.asarray(t))
+    jac_fn = lambda t: _jacobian(problem, jnp.asarray(t))
     out = []
     for th in np.asarray(theta0):
         start = time.perf_counter()
@@ -343,18 +343,33 @@ def _relerr(measured, predicted):
     return abs(measured - predicted) / abs(predicted)
 
 
+def _timed_cell(study, cell):
+    start = time.perf_counter()
+    arrays, rows = run_cell(study, cell)
+    return arrays, rows, time.perf_counter() - start
+
+
+_CELL_ERRORS = (ValueError, TypeError, FloatingPointError)
+
+
 def run_study(
     study: Study,
     out_dir: str | None = None,
     *,
     progress: bool = True,
+    jobs: int = 1,
     after_cell: Callable[[Cell, list[dict]], None] | None = None,
 ) -> RunStore:
     """Run every unfinished cell of `study` into `out_dir` (default study's output.dir).
 
     Finished cells of an earlier run of the same config are skipped; a folder holding another
     config raises StoreError. A failing cell is recorded as failed and the sweep goes on; the
-    returned store's manifest says which. `after_cell` is called after each stored cell."""
+    returned store's manifest says which. `jobs` > 1 runs that many cells at once in threads
+    (XLA compiles on one core: two cores compile two cells at once); results are identical,
+    only the store is written from this thread. `after_cell` is called after each stored
+    cell."""
+    if int(jobs) < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     cells = expand_grid(study)
     store = RunStore.open(out_dir or study.out_dir, study, cells)
     todo = [cell for cell in cells if not store.is_done(cell.id)]
@@ -365,32 +380,55 @@ def run_study(
         bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", dynamic_ncols=True)
     failed = []
     status = "interrupted"
-    try:
-        for cell in todo:
+
+    def finish(cell, result, error):
+        if error is not None:
+            failed.append(cell.id)
+            store.mark(cell.id, "failed", error=f"{type(error).__name__}: {error}")
             if bar is not None:
-                bar.set_description(cell.id)
-            store.mark(cell.id, "running", started=_now(), values=cell.values)
-            start = time.perf_counter()
-            try:
-                arrays, rows = run_cell(study, cell)
-            except (ValueError, TypeError, FloatingPointError) as e:
-                failed.append(cell.id)
-                store.mark(cell.id, "failed", error=f"{type(e).__name__}: {e}")
-                if bar is not None:
-                    bar.write(f"cell {cell.id} failed: {e}")
-                    bar.update()
-                continue
-            wall = time.perf_counter() - start
-            store.save_cell(cell.id, arrays, rows, wall_time=wall)
-            if bar is not None:
-                s = max(r["t_final"] for r in rows)
-                ratio = max(r["C_final"] / r["C0"] for r in rows if r["C0"] > 0) if rows else math.nan
-                bar.set_postfix_str(f"s={s:.3g} C/C0={ratio:.2e} {wall:.1f}s")
+                bar.write(f"cell {cell.id} failed: {error}")
                 bar.update()
-            if after_cell is not None:
-                after_cell(cell, rows)
+            return
+        arrays, rows, wall = result
+        store.save_cell(cell.id, arrays, rows, wall_time=wall)
+        if bar is not None:
+            s = max(r["t_final"] for r in rows)
+            ratio = max((r["C_final"] / r["C0"] for r in rows if r["C0"] > 0), default=math.nan)
+            bar.set_description(cell.id)
+            bar.set_postfix_str(f"s={s:.3g} C/C0={ratio:.2e} {wall:.1f}s")
+            bar.update()
+        if after_cell is not None:
+            after_cell(cell, rows)
+
+    pool = None
+    try:
+        if jobs == 1 or len(todo) < 2:
+            for cell in todo:
+                if bar is not None:
+                    bar.set_description(cell.id)
+                store.mark(cell.id, "running", started=_now(), values=cell.values)
+                try:
+                    result, error = _timed_cell(study, cell), None
+                except _CELL_ERRORS as e:
+                    result, error = None, e
+                finish(cell, result, error)
+        else:
+            from concurrent.futures import ThreadPoolExecutor, as_completed
+
+            pool = ThreadPoolExecutor(int(jobs))
+            futures = {}
+            for cell in todo:
+                store.mark(cell.id, "running", started=_now(), values=cell.values)
+                futures[pool.submit(_timed_cell, study, cell)] = cell
+            for fut in as_completed(futures):
+                error = fut.exception()
+                if error is not None and not isinstance(error, _CELL_ERRORS):
+                    raise error
+                finish(futures[fut], None if error else fut.result(), error)
         status = "failed" if failed else "complete"
     finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         if bar is not None:
             bar.close()
         store.close(status)

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-import flowlab.sweep as sweep
+from flowlab import sweep
 from flowlab.cli import main
 from flowlab.store import read_summary
 
@@ -30,6 +30,7 @@ stop_relative = 1e-6
 t1 = "auto"
 num_saves = 21
 check_finite = false
+max_condition = "off"
 [sweep]
 seeds = 2
 """
@@ -52,8 +53,17 @@ def _no_disk_cache(monkeypatch):
 def run_dir(config, tmp_path_factory):
     os.environ["FLOWLAB_COMPILATION_CACHE"] = "off"
     out = str(tmp_path_factory.mktemp("runs") / "full")
-    assert main(["run", config, "--out", out, "--quiet"]) == 0
+    assert main(["run", config, "--out", out, "--quiet", "--jobs", "1"]) == 0
     return out
+
+
+def _text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def _json(run):
+    return json.loads(_text(os.path.join(run, "manifest.json")))
 
 
 def _strip(rows):
@@ -96,7 +106,7 @@ def test_run_writes_summary_arrays_figures(run_dir):
         assert r["predicted_rate_end"] == pytest.approx(2 * r["kappa"] * lam1[i])
         assert r["min_lambda_min"] <= min(lam0[i], lam1[i]) * (1 + 1e-9)
         assert r["stop_reason"] in ("t1_reached", "cost_target")
-    manifest = json.load(open(os.path.join(run_dir, "manifest.json")))
+    manifest = _json(run_dir)
     assert manifest["status"] == "complete"
     assert manifest["sessions"][0]["x64"] is True
     assert all(c["status"] == "done" for c in manifest["cells"].values())
@@ -115,7 +125,7 @@ def test_report_plot_info(run_dir, capsys):
     assert main(["report", run_dir]) == 0
     out = capsys.readouterr().out
     assert "adapted" in out and "standard" in out and "T_eps pred" in out
-    md = open(os.path.join(run_dir, "report.md")).read()
+    md = _text(os.path.join(run_dir, "report.md"))
     assert md.count("\n| ") >= 3 and "![decay]" in md
     assert main(["plot", run_dir]) == 0
     assert main(["info"]) == 0
@@ -134,31 +144,37 @@ def test_resume_after_interrupt(config, run_dir, tmp_path, monkeypatch):
         return real(study, cell)
 
     monkeypatch.setattr(sweep, "run_cell", interrupt_second)
-    assert main(["run", config, "--out", out, "--quiet"]) == 130
-    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert main(["run", config, "--out", out, "--quiet", "--jobs", "1"]) == 130
+    manifest = _json(out)
     assert [c["status"] for c in manifest["cells"].values()] == ["done", "running"]
     assert manifest["status"] == "interrupted"
     assert len(read_summary(out)) == 2
 
     calls.clear()
     monkeypatch.setattr(sweep, "run_cell", lambda s, c: (calls.append(c.id), real(s, c))[1])
-    assert main(["run", config, "--out", out, "--quiet", "--no-plot"]) == 0
+    assert main(["run", config, "--out", out, "--quiet", "--no-plot", "--jobs", "1"]) == 0
     assert calls == ["flow-standard"]  # the finished cell was skipped
     _same_rows(read_summary(out), read_summary(run_dir))
-    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    manifest = _json(out)
     assert manifest["status"] == "complete" and len(manifest["sessions"]) == 2
     # nothing left half-written
     assert not [f for f in os.listdir(os.path.join(out, "cells")) if ".tmp" in f]
 
     # a rerun of a finished folder does nothing
     calls.clear()
-    assert main(["run", config, "--out", out, "--quiet", "--no-plot"]) == 0
+    assert main(["run", config, "--out", out, "--quiet", "--no-plot", "--jobs", "1"]) == 0
     assert calls == []
 
 
 def test_changed_config_is_refused(config, run_dir, capsys):
-    before = open(os.path.join(run_dir, "manifest.json")).read()
-    assert main(["run", config, "integrator.rtol=1e-6", "--out", run_dir, "--quiet"]) != 0
+    before = _text(os.path.join(run_dir, "manifest.json"))
+    assert main(["run", config, "integrator.rtol=1e-6", "--out", run_dir, "--quiet", "--jobs", "1"]) != 0
     err = capsys.readouterr().err
     assert "different config" in err and "integrator.rtol" in err
-    assert open(os.path.join(run_dir, "manifest.json")).read() == before
+    assert _text(os.path.join(run_dir, "manifest.json")) == before
+
+
+def test_two_jobs_give_the_same_rows(config, run_dir, tmp_path):
+    out = str(tmp_path / "parallel")
+    assert main(["run", config, "--out", out, "--quiet", "--no-plot", "--jobs", "2"]) == 0
+    _same_rows(read_summary(out), read_summary(run_dir))

@@ -62,7 +62,7 @@ def test_toy_ends_on_hyperbola_at_predicted_point(toy_runs):
 
 @pytest.mark.slow
 def test_toy_cost_decays_to_the_floor_at_rate_2kappa(toy_runs):
-    pb, tr = toy_runs
+    _, tr = toy_runs
     c_star = float(0.5 * (Y @ Y - (A @ Y) ** 2 / (A @ A)))
     # w = u v obeys w' = −κ(w − w*) exactly, so C(s) − C* = e^{−2κs}(C(0) − C*)
     s = np.asarray(tr.ts[0])[:15]

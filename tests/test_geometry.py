@@ -1,5 +1,6 @@
 """Sub-Riemannian diagnostics (MATH §3.5): horizontality, g-length = |X(0) − Y|, θ-length bound."""
 
+import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -70,24 +71,36 @@ class _Tilted(fl.AbstractFlow):
         return fl.GradientFlow().velocity(problem, theta) + self.extra
 
 
+@eqx.filter_jit
+def _kernel_checks(pb, th, key):
+    grad = fl.GradientFlow()
+    k = fl.kernel_component(pb, th, jr.normal(key, th.shape))
+    v = grad.velocity(pb, th)
+    tilted = _Tilted(k * (jnp.linalg.norm(v) / jnp.linalg.norm(k)))
+    return {
+        "grad_vertical": fl.vertical_fraction(pb, grad, th),
+        "dk": pb.jacobian(th) @ k,
+        "tilted_vertical": fl.vertical_fraction(pb, tilted, th),
+        "tilted_speed": fl.parameter_speed(pb, tilted, th) / jnp.linalg.norm(v),
+        "tilted_output_speed": fl.output_speed(pb, tilted, th),
+        "dv": jnp.linalg.norm(pb.jacobian(th) @ v),
+    }
+
+
 def test_vertical_fraction_detects_a_kernel_component():
     pb = make_problem()
-    th = pb.theta0
-    assert float(fl.vertical_fraction(pb, fl.GradientFlow(), th)) < 1e-12  # −Dᵀg ∈ range Dᵀ
-    k = fl.kernel_component(pb, th, jr.normal(jr.PRNGKey(5), th.shape))
-    np.testing.assert_allclose(pb.jacobian(th) @ k, 0.0, atol=1e-12)
-    v = fl.GradientFlow().velocity(pb, th)
-    k = k * (jnp.linalg.norm(v) / jnp.linalg.norm(k))
-    np.testing.assert_allclose(fl.vertical_fraction(pb, _Tilted(k), th), 2**-0.5, rtol=1e-10)
-    np.testing.assert_allclose(fl.parameter_speed(pb, _Tilted(k), th), 2**0.5 * jnp.linalg.norm(v),
-                               rtol=1e-12)
-    np.testing.assert_allclose(fl.output_speed(pb, _Tilted(k), th),
-                               jnp.linalg.norm(pb.jacobian(th) @ v), rtol=1e-10)
+    out = _kernel_checks(pb, pb.theta0, jr.PRNGKey(5))
+    assert float(out["grad_vertical"]) < 1e-12  # −Dᵀg ∈ range Dᵀ
+    np.testing.assert_allclose(out["dk"], 0.0, atol=1e-12)
+    # θ' = v + k with k ⊥ v in ker D, |k| = |v|: vertical fraction 1/√2, |θ'| = √2|v|, |Dθ'| = |Dv|
+    np.testing.assert_allclose(out["tilted_vertical"], 2**-0.5, rtol=1e-10)
+    np.testing.assert_allclose(out["tilted_speed"], 2**0.5, rtol=1e-12)
+    np.testing.assert_allclose(out["tilted_output_speed"], out["dv"], rtol=1e-10)
 
 
 @pytest.mark.slow
 def test_path_lengths_needs_the_extras(adapted_run):
-    pb, tr = adapted_run
+    _, tr = adapted_run
     import equinox as eqx
 
     bare = eqx.tree_at(lambda t: t.extras, tr, {})

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import flowlab as fl  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-T1 = 600.0
+T1 = 1200.0
 clusters = fl.gaussian_clusters(jr.PRNGKey(0), 4, 2, num_classes=3)
 ds = fl.Dataset(clusters.inputs, fl.smooth_labels(clusters.targets, 0.3))
 pb = fl.LeastSquaresProblem(fl.MLP(2, 3, (16,), key=jr.PRNGKey(1)), ds,
@@ -51,8 +51,8 @@ def fmt(v):
 
 
 show = list(rows[0])
-table = "| " + " | ".join(show) + " |\n|" + "---|" * len(show) + "\n" + "".join(
-    "| " + " | ".join(fmt(r[k]) for k in show) + " |\n" for r in rows)
+table = "| " + " | ".join(k.replace("|", "\\|") for k in show) + " |\n|" + "---|" * len(show) + "\n" + "".join(
+    "| " + " | ".join(fmt(r[k]).replace("|", "\\|") for k in show) + " |\n" for r in rows)
 open(os.path.join(HERE, "table.md"), "w").write(table)
 print(table)
 

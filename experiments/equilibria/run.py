@@ -124,8 +124,8 @@ def fmt(v):
 
 show = ["case", "start", "flow", "stop", "K", "QN", "cost", "predicted_cost", "rel_stationarity",
         "rank_D", "rank<QN", "hessian_zero_eigs", "K-r", "note"]
-table = "| " + " | ".join(show) + " |\n|" + "---|" * len(show) + "\n" + "".join(
-    "| " + " | ".join(fmt(r[k]) for k in show) + " |\n" for r in rows)
+table = "| " + " | ".join(k.replace("|", "\\|") for k in show) + " |\n|" + "---|" * len(show) + "\n" + "".join(
+    "| " + " | ".join(fmt(r[k]).replace("|", "\\|") for k in show) + " |\n" for r in rows)
 eq_rows = [r for r in rows if r["rel_stationarity"] < 1e-6 and r["cost"] > 1e-6]
 with open(os.path.join(HERE, "table.md"), "w") as f:
     f.write(table)

@@ -45,8 +45,8 @@ def fmt(v):
 
 
 show = list(rows[0])
-table = "| " + " | ".join(show) + " |\n|" + "---|" * len(show) + "\n" + "".join(
-    "| " + " | ".join(fmt(r[k]) for k in show) + " |\n" for r in rows)
+table = "| " + " | ".join(k.replace("|", "\\|") for k in show) + " |\n|" + "---|" * len(show) + "\n" + "".join(
+    "| " + " | ".join(fmt(r[k]).replace("|", "\\|") for k in show) + " |\n" for r in rows)
 open(os.path.join(HERE, "table.md"), "w").write(table)
 print(table)
 
