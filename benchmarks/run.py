@@ -372,7 +372,7 @@ def bench_study(quick):
     try:
         import flowlab.cli  # noqa: F401
 
-        have_cli = config.exists()
+        have_cli = config.exists() and not GRID.get("no_cli")
     except ImportError:
         have_cli = False
     if have_cli:
@@ -393,13 +393,15 @@ def bench_study(quick):
     rows = []
     for b in (1, 4, 16, 64):
         thetas = p.theta0 + 0.1 * jr.normal(jr.key(b), (b, p.num_params))
+        # the seeds of a vmapped solve step in lockstep: the slowest seed sets the step count
         tr = fl.simulate(p, fl.AdaptedFlow(), thetas, t1=400.0, cost_target_relative=1e-8,
-                         num_saves=21, diagnostics=False)
+                         num_saves=21, diagnostics=False, max_steps=2000)
         rows.append({"seeds": b, "seconds": tr.wall_time, "compile_seconds": tr.compile_time,
+                     "max_steps_taken": int(np.max(np.asarray(tr.num_steps))),
                      "per_seed": tr.wall_time / b,
                      "reached": int(np.sum(np.asarray(tr.stop_code) == 1))})
         print(f"seeds {b:3d}: {tr.wall_time:.2f} s ({tr.wall_time / b * 1e3:.0f} ms/seed), "
-              f"compile {tr.compile_time:.1f} s", flush=True)
+              f"compile {tr.compile_time:.1f} s, steps {rows[-1]['max_steps_taken']}", flush=True)
     out["seeds"] = {"rows": rows, "width": 64, "N": 32, "K": p.num_params,
                     "devices": jax.device_count()}
     return out
@@ -474,7 +476,9 @@ def main(argv=None):
                     help="comma list of " + ",".join(FIT_METHODS))
     ap.add_argument("--widths", help="field benchmark widths, e.g. 64,1024")
     ap.add_argument("--ns", help="field benchmark N values, e.g. 64,256")
+    ap.add_argument("--no-cli", action="store_true", help="study: skip the quickstart CLI run")
     args = ap.parse_args(argv)
+    GRID["no_cli"] = args.no_cli
     if args.widths:
         GRID["widths"] = [int(w) for w in args.widths.split(",")]
     if args.ns:

@@ -17,8 +17,8 @@ def field_table(field) -> list[str]:
         cells[(r["N"], r["width"], r["K"])][r["strategy"]] = r
     skipped = {(s["N"], s["width"], s["strategy"]) for s in field["skipped"]}
     head = "| N | width | K | " + " | ".join(f"{s} ms (MiB)" for s in ORDER)
-    head += " | layerwise GFLOP/s | jacrev / layerwise | CG rel. error |"
-    lines = [head, "|" + "---:|" * (3 + len(ORDER) + 3)]
+    head += " | layerwise GFLOP/s | jacrev / layerwise | jacrev rel. diff | CG rel. diff |"
+    lines = [head, "|" + "---:|" * (3 + len(ORDER) + 4)]
     for (n, w, k), row in sorted(cells.items()):
         parts = []
         for s in ORDER:
@@ -33,9 +33,13 @@ def field_table(field) -> list[str]:
         rate = f"{lw['flop_rate'] / 1e9:.1f}" if lw and lw["flop_rate"] else "–"
         jr = row.get("jacrev+cholesky")
         ratio = f"{jr['seconds'] / lw['seconds']:.0f}×" if lw and jr else "–"
-        cg = row.get("cg (matrix-free)")
-        cge = f"{cg['rel_diff_vs_layerwise']:.1e}" if cg and cg["rel_diff_vs_layerwise"] is not None else "–"
-        lines.append(f"| {n} | {w} | {k} | " + " | ".join(parts) + f" | {rate} | {ratio} | {cge} |")
+        diffs = []
+        for s in ("jacrev+cholesky", "cg (matrix-free)"):
+            r = row.get(s)
+            ok = r and r["rel_diff_vs_layerwise"] is not None
+            diffs.append(f"{r['rel_diff_vs_layerwise']:.1e}" if ok else "–")
+        lines.append(f"| {n} | {w} | {k} | " + " | ".join(parts)
+                     + f" | {rate} | {ratio} | {diffs[0]} | {diffs[1]} |")
     return lines
 
 

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .geometry import default_rcond
+
 
 class Equilibrium(eqx.Module):
     """What `analyse_equilibrium` measured at θ (plain numpy/float fields).
@@ -89,7 +91,7 @@ def analyse_equilibrium(
     if theta.shape != (problem.num_params,):
         raise ValueError(f"theta must have shape (K,) = ({problem.num_params},), got {theta.shape}")
     if rank_rtol is None:
-        rank_rtol = max(problem.num_outputs, problem.num_params) * float(jnp.finfo(theta.dtype).eps)
+        rank_rtol = default_rcond(problem)
     for name, v in (("rank_rtol", rank_rtol), ("hessian_rtol", hessian_rtol)):
         if not 0 < v < 1:
             raise ValueError(f"{name} must be in (0, 1), got {v!r}")

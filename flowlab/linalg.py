@@ -50,12 +50,6 @@ class DenseGram(AbstractGram):
         return d @ d.T, lambda w: d.T @ w
 
 
-def _vjp_transpose(problem, theta):
-    """w ↦ Dᵀ w by one reverse pass (D is never formed)."""
-    _, pullback = jax.vjp(problem.outputs, theta)
-    return lambda w: pullback(w)[0]
-
-
 def is_mlp_problem(problem) -> bool:
     """Whether the problem's model is a flowlab.MLP (so the layerwise Gram applies)."""
     from .nets import MLP
@@ -63,14 +57,8 @@ def is_mlp_problem(problem) -> bool:
     return isinstance(getattr(problem, "model_static", None), MLP)
 
 
-def mlp_gram(model, inputs: Float[Array, "N M"]) -> Float[Array, "QN QN"]:
-    r"""The NTK Gram Θ = D Dᵀ of a flowlab.MLP on `inputs`, layer by layer, without D.
-
-    With z_l = s_l W_l h_{l−1} + t_l b_l: ∂f_q/∂W_l = s_l δ_l^q h_{l−1}ᵀ and ∂f_q/∂b_l = t_l δ_l^q,
-    δ_l^q = ∂f_q/∂z_l, so Θ[(i,q),(j,r)] = Σ_l ⟨δ_l^{iq}, δ_l^{jr}⟩ (s_l² ⟨h_{l−1}^i, h_{l−1}^j⟩
-    + t_l²) (no t_l² term without biases). δ_L = e_q; δ_{l−1} = s_l W_lᵀ δ_l ⊙ σ'(z_{l−1}), σ' by
-    a jvp of the activation. Cost Σ_l QN·M_l·(M_{l−1} + QN) + N²·M_{l−1}; memory
-    O((QN)² + QN·Σ M_l)."""
+def _mlp_backprop(model, inputs):
+    """Activations H_{l−1} (N, M_{l−1}) and signals Δ_l (N, Q, M_l), Δ_l[i, q] = ∂f_q(x_i)/∂z_l."""
     from .nets import get_activation
 
     act = get_activation(model.activation)
@@ -84,28 +72,47 @@ def mlp_gram(model, inputs: Float[Array, "N M"]) -> Float[Array, "QN QN"]:
             z = z + t * model.biases[i]
         zs.append(z)
         h = act(z)
-    # delta[i, q, :] = ∂f_q(x_i)/∂z_l, rows stacked j-major like X.
     delta = jnp.broadcast_to(jnp.eye(q, dtype=inputs.dtype), (n, q, q))
-    gram = jnp.zeros((n * q, n * q), inputs.dtype)
-    for i in reversed(range(len(model.weights))):
-        s, t = scales[i]
-        a = s**2 * (hs[i] @ hs[i].T)
+    deltas = [delta]
+    for i in range(len(model.weights) - 1, 0, -1):
+        z = zs[i - 1]
+        dsigma = jax.jvp(act, (z,), (jnp.ones_like(z),))[1]  # elementwise σ'(z)
+        delta = scales[i][0] * (delta @ model.weights[i]) * dsigma[:, None, :]
+        deltas.append(delta)
+    return hs, deltas[::-1]
+
+
+def _gram_from_backprop(model, hs, deltas):
+    n, q = hs[0].shape[0], model.out_size
+    gram = jnp.zeros((n * q, n * q), hs[0].dtype)
+    for i, ((s, t), h, delta) in enumerate(zip(model.layer_scales(), hs, deltas)):
+        a = s**2 * (h @ h.T)
         if model.biases is not None:
             a = a + t**2
-        flat = delta.reshape(n * q, -1)
         if q > 1:
             a = jnp.repeat(jnp.repeat(a, q, axis=0), q, axis=1)
+        flat = delta.reshape(n * q, -1)
         gram = gram + (flat @ flat.T) * a
-        if i > 0:
-            z = zs[i - 1]
-            dsigma = jax.jvp(act, (z,), (jnp.ones_like(z),))[1]  # elementwise σ'(z)
-            delta = s * (delta @ model.weights[i]) * dsigma[:, None, :]
     return gram
 
 
+def mlp_gram(model, inputs: Float[Array, "N M"]) -> Float[Array, "QN QN"]:
+    r"""The NTK Gram Θ = D Dᵀ of a flowlab.MLP on `inputs`, layer by layer, without D.
+
+    With z_l = s_l W_l h_{l−1} + t_l b_l: ∂f_q/∂W_l = s_l δ_l^q h_{l−1}ᵀ and ∂f_q/∂b_l = t_l δ_l^q,
+    δ_l^q = ∂f_q/∂z_l, so Θ[(i,q),(j,r)] = Σ_l ⟨δ_l^{iq}, δ_l^{jr}⟩ (s_l² ⟨h_{l−1}^i, h_{l−1}^j⟩
+    + t_l²) (no t_l² term without biases). δ_L = e_q; δ_{l−1} = s_l W_lᵀ δ_l ⊙ σ'(z_{l−1}), σ' by
+    a jvp of the activation. Cost Σ_l QN·M_l·(M_{l−1} + QN) + N²·M_{l−1}; memory
+    O((QN)² + QN·Σ M_l)."""
+    hs, deltas = _mlp_backprop(model, inputs)
+    return _gram_from_backprop(model, hs, deltas)
+
+
 class LayerwiseGram(AbstractGram):
-    """Θ for a flowlab.MLP layer by layer (`mlp_gram`), Dᵀ w by one vjp; D is never formed.
-    Memory O(K + (QN)² + QN·Σ widths) instead of O(QN·K)."""
+    """Θ for a flowlab.MLP layer by layer (`mlp_gram`); D is never formed. Dᵀ w reuses the same
+    signals: ∂/∂W_l = s_l Gᵀ H_{l−1}, ∂/∂b_l = t_l Σ_i G_i with G_i = Σ_q w_{iq} δ_l^{iq} (one
+    matmul per layer, no second forward/backward pass). Memory O(K + (QN)² + QN·Σ widths)
+    instead of O(QN·K)."""
 
     def __call__(self, problem, theta):
         if not is_mlp_problem(problem):
@@ -113,8 +120,23 @@ class LayerwiseGram(AbstractGram):
                 "LayerwiseGram needs a problem whose model is a flowlab.MLP, got "
                 f"{type(getattr(problem, 'model_static', None)).__name__}; use DenseGram"
             )
-        gram = mlp_gram(problem.model(theta), problem.inputs)
-        return gram, _vjp_transpose(problem, theta)
+        model = problem.model(theta)
+        hs, deltas = _mlp_backprop(model, problem.inputs)
+        gram = _gram_from_backprop(model, hs, deltas)
+        scales = model.layer_scales()
+
+        def transpose(w):
+            w = w.reshape(hs[0].shape[0], model.out_size)
+            gs = [jnp.einsum("iq,iqm->im", w, d) for d in deltas]
+            dw = [s * (g.T @ h) for (s, _), g, h in zip(scales, gs, hs)]
+            if model.biases is None:
+                grads = eqx.tree_at(lambda m: m.weights, model, dw)
+            else:
+                db = [t * jnp.sum(g, axis=0) for (_, t), g in zip(scales, gs)]
+                grads = eqx.tree_at(lambda m: (m.weights, m.biases), model, (dw, db))
+            return problem.flatten(grads)
+
+        return gram, transpose
 
 
 def auto_gram(problem) -> AbstractGram:

@@ -1,7 +1,8 @@
 """Sharding the seed axis over devices gives the unsharded results; compiled solves are reused.
 
 The multi-device check runs in a subprocess: XLA_FLAGS=--xla_force_host_platform_device_count=4
-must be set before JAX initialises, which in this process it already has."""
+must be set before JAX initialises, which in this process it already has. It compiles four
+solves (~35 s of CPU), so it is marked slow: `pytest -m slow tests/test_sharding.py`."""
 
 import json
 import os
@@ -71,6 +72,7 @@ def sharded_run():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_sharded_equals_unsharded(sharded_run):
     r = sharded_run
     assert r["devices"] == 4
@@ -81,6 +83,7 @@ def test_sharded_equals_unsharded(sharded_run):
     assert "seeds" in r["shard_spec"]
 
 
+@pytest.mark.slow
 def test_compiled_solve_reused(sharded_run):
     ref, again, sharded, auto = sharded_run["compile"]
     assert ref > 0 and again == 0.0  # equal shapes: the cached executable
