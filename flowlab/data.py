@@ -117,16 +117,26 @@ def random_labels(
 
 
 def gaussian_clusters(
-    key: PRNGKeyArray, num_points: int, in_size: int, num_classes: int = 3, spread: float = 0.5
+    key: PRNGKeyArray,
+    num_points: int,
+    in_size: int,
+    num_classes: int = 3,
+    spread: float = 0.5,
+    label_smoothing: float = 0.0,
 ) -> Dataset:
-    """Points around num_classes random unit-variance centres, one-hot targets (Q = classes)."""
+    """Points around num_classes random unit-variance centres with one-hot targets (Q =
+    classes); label_smoothing = ε in (0, 1) gives (1 − ε)·onehot + ε/Q, labels in the open
+    simplex as the cross-entropy cost needs."""
     if num_classes < 2:
         raise ValueError(f"gaussian_clusters needs num_classes >= 2, got {num_classes}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     kc, kl, kx = jr.split(key, 3)
     centres = jr.normal(kc, (num_classes, in_size))
     labels = jr.randint(kl, (num_points,), 0, num_classes)
     x = centres[labels] + spread * jr.normal(kx, (num_points, in_size))
-    return Dataset(x, jax.nn.one_hot(labels, num_classes))
+    onehot = jax.nn.one_hot(labels, num_classes)
+    return Dataset(x, (1.0 - label_smoothing) * onehot + label_smoothing / num_classes)
 
 
 def load_npz(path: str | os.PathLike, inputs_key: str = "inputs", targets_key: str = "targets"):

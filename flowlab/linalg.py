@@ -170,6 +170,8 @@ class CholeskySolver(AbstractPinvSolver):
     `gram` is how Θ and Dᵀ are obtained; the default AutoGram uses the layerwise Gram for an
     MLP and the dense Jacobian otherwise."""
 
+    #: cond(Θ) = cond(D)²: beyond 1e7 the Gram loses ~1e-2 of float64 accuracy
+    max_condition: ClassVar[float] = 1e7
     gram: AbstractGram = AutoGram()
 
     def check(self, problem):
@@ -215,6 +217,8 @@ class NormalCholeskySolver(AbstractPinvSolver):
     D by jacfwd (K forward passes). About half the flops of QR of D, but it squares the
     condition number: σ is resolved down to about √eps·σ_max (QR: eps·σ_max)."""
 
+    max_condition: ClassVar[float] = 1e7  # DᵀD squares cond(D), as the Gram does
+
     def check(self, problem):
         if problem.num_params > problem.num_outputs:
             raise ValueError(
@@ -236,6 +240,7 @@ class CGSolver(AbstractPinvSolver):
     √cond(Θ) = σ_max/σ_min, so it suits well-conditioned problems; an unconverged solve
     returns the last iterate (throw=False) and max_steps bounds the work."""
 
+    max_condition: ClassVar[float] = 1e7  # iterates on Θ (or DᵀD): cond(D)² matters
     rtol: float = eqx.field(static=True, default=1e-12)
     atol: float = eqx.field(static=True, default=1e-14)
     max_steps: int | None = eqx.field(static=True, default=None)
