@@ -53,55 +53,55 @@ def _iterate(problem, flow, theta0, opts: _StepOptions) -> dict:
             out["theta"] = theta
         return out
 
-    def step(carry, _):
-        theta, t, cost, code, evals, done = carry
+    def step(state):
+        i, theta, t, cost, code, evals, halvings, hist = state
         v = flow.velocity(problem, theta)
         finite = jnp.all(jnp.isfinite(v))
         v = jnp.where(finite, v, 0.0)
 
-        def shrink(state):
-            h, _, tries = state
+        def shrink(s):
+            h, _, tries = s
             return h / 2, problem.cost(theta + h / 2 * v), tries + 1
 
         h = jnp.asarray(opts.step_size, theta.dtype)
-        state = (h, problem.cost(theta + h * v), 1)
+        trial = (h, problem.cost(theta + h * v), jnp.asarray(0))
         if opts.backtracking:
-            state = jax.lax.while_loop(
-                lambda s: (~(s[1] < cost)) & (s[2] <= opts.max_backtracks), shrink, state
+            trial = jax.lax.while_loop(
+                lambda s: (~(s[1] < cost)) & (s[2] < opts.max_backtracks), shrink, trial
             )
-        h, new_cost, tries = state
-        new_theta = theta + h * v
-        stop = ~finite
-        new_code = jnp.where(stop, _CODE["non_finite_field"], code)
-        new_code = jnp.where(~stop & (new_cost <= target), _CODE["cost_target"], new_code)
-        hold = done | stop
-        theta = jnp.where(hold, theta, new_theta)
-        t = jnp.where(hold, t, t + h)
-        cost = jnp.where(hold, cost, new_cost)
-        code = jnp.where(done, code, new_code)
-        evals = evals + jnp.where(done, 0, 1)
-        valid = ~hold
-        done = done | (code != _CODE["t1_reached"])
-        return (theta, t, cost, code, evals, done), (record(theta, t), valid, tries * ~hold)
+        h, new_cost, tries = trial
+        # a non-finite field ends the run where it is; nothing new is recorded
+        theta = jnp.where(finite, theta + h * v, theta)
+        t = jnp.where(finite, t + h, t)
+        cost = jnp.where(finite, new_cost, cost)
+        code = jnp.where(finite, jnp.where(new_cost <= target, _CODE["cost_target"], code),
+                         _CODE["non_finite_field"])
+        hist = jax.lax.cond(
+            finite,
+            lambda hs: jax.tree_util.tree_map(lambda b, r: b.at[i + 1].set(r), hs,
+                                              record(theta, t)),
+            lambda hs: hs,
+            hist,
+        )
+        return i + 1, theta, t, cost, code, evals + 1, halvings + tries, hist
 
     zero = jnp.zeros((), theta0.dtype)
-    start_code = jnp.where(cost0 <= target, _CODE["cost_target"], _CODE["t1_reached"])
-    start = (theta0, zero, cost0, start_code, jnp.asarray(0), cost0 <= target)
-    (theta, t, cost, code, evals, _), (hist, valid, tries) = jax.lax.scan(
-        step, start, None, length=opts.num_steps
-    )
     first = record(theta0, zero)
-    hist = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, hist)
-    valid = jnp.concatenate([jnp.ones((1,), bool), valid])
+    # row k holds iterate k; rows never reached keep +inf (valid = False)
     hist = jax.tree_util.tree_map(
-        lambda a: jnp.where(valid.reshape(valid.shape + (1,) * (a.ndim - 1)), a, jnp.inf), hist
+        lambda a: jnp.full((opts.num_steps + 1, *a.shape), jnp.inf, a.dtype).at[0].set(a), first
+    )
+    code0 = jnp.where(cost0 <= target, _CODE["cost_target"], _CODE["t1_reached"])
+    state = (jnp.asarray(0), theta0, zero, cost0, code0, jnp.asarray(0), jnp.asarray(0), hist)
+    _, theta, t, cost, code, evals, halvings, hist = jax.lax.while_loop(
+        lambda s: (s[0] < opts.num_steps) & (s[4] == _CODE["t1_reached"]), step, state
     )
     ts = hist.pop("ts")
     return {
-        "ts": ts, "valid": valid, **hist, "theta": hist.get("theta"), "extras": {},
+        "ts": ts, "valid": jnp.isfinite(ts), **hist, "theta": hist.get("theta"), "extras": {},
         "cost0": cost0, "outputs0": problem.outputs(theta0), "t_final": t, "cost_final": cost,
         "theta_final": theta, "stop_code": code, "num_steps": evals,
-        "num_accepted_steps": evals, "num_rejected_steps": jnp.sum(tries) - jnp.sum(tries > 0),
+        "num_accepted_steps": evals, "num_rejected_steps": halvings,
         "num_field_evals": evals,
     }
 

@@ -97,8 +97,8 @@ class DampedFlow(AbstractFlow):
     whatever λ_min(Θ) is.
     """
 
-    damping: float = eqx.field(static=True, default=1e-3)
-    damping_lambda_min: float = eqx.field(static=True, default=0.0)
+    damping: float = eqx.field(static=True, default=1e-3, converter=float)
+    damping_lambda_min: float = eqx.field(static=True, default=0.0, converter=float)
     gram: AbstractGram = AutoGram()  # layerwise for an MLP, dense otherwise
 
     def __check_init__(self):

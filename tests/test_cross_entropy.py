@@ -45,7 +45,6 @@ def test_adapted_velocity_conserves_output_sums():
     np.testing.assert_allclose(xdot.reshape(N, Q).sum(1), 0.0, atol=1e-12)
 
 
-@pytest.mark.slow
 def test_adapted_flow_reaches_the_fibre_minimiser():
     pb = make_problem()
     # linearised rate ≥ κ·min eig(diag p − ppᵀ on Σ = 0) ≈ 0.03 here: t1 = 1000 leaves e^{-30}

@@ -14,7 +14,7 @@ def problem():
                                   fl.teacher(jr.PRNGKey(0), 6, 2), kappa=1.0)
 
 
-@pytest.mark.parametrize("hk", [0.1, pytest.param(0.5, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("hk", [0.1, 0.5])
 def test_cost_ratio_tends_to_linearised_contraction(problem, hk):
     tr = fl.euler_steps(problem, fl.AdaptedFlow(), step_size=hk / problem.kappa, num_steps=30,
                         diagnostics=False)

@@ -47,7 +47,6 @@ def toy_runs():
     return pb, tr
 
 
-@pytest.mark.slow
 def test_toy_ends_on_hyperbola_at_predicted_point(toy_runs):
     pb, tr = toy_runs
     assert pb.num_params == 2
@@ -60,7 +59,6 @@ def test_toy_ends_on_hyperbola_at_predicted_point(toy_runs):
     assert np.min(np.abs(np.diff(end[:, 0]))) > 0.05
 
 
-@pytest.mark.slow
 def test_toy_cost_decays_to_the_floor_at_rate_2kappa(toy_runs):
     _, tr = toy_runs
     c_star = float(0.5 * (Y @ Y - (A @ Y) ** 2 / (A @ A)))
@@ -71,7 +69,6 @@ def test_toy_cost_decays_to_the_floor_at_rate_2kappa(toy_runs):
                                rtol=1e-7, atol=1e-14)
 
 
-@pytest.mark.slow
 def test_toy_equilibrium_analysis(toy_runs):
     pb, tr = toy_runs
     for th in np.asarray(tr.theta_final):
@@ -123,7 +120,6 @@ def test_rank_deficient_equilibrium_of_an_mlp():
     assert lam[5] < 1e-10 * lam[-1] < lam[6] * 1e-4
 
 
-@pytest.mark.slow
 def test_adapted_flow_converges_to_the_reduced_rank_fit():
     pb, _, c_star = _bottleneck()
     tr = fl.simulate(pb, fl.AdaptedFlow(solver=fl.SVDSolver(rcond=1e-10)), t1=60.0,

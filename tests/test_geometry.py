@@ -31,14 +31,12 @@ def adapted_run():
     return pb, run(pb, 1.0)
 
 
-@pytest.mark.slow
 def test_adapted_flow_is_horizontal(adapted_run):
     _, tr = adapted_run
     assert tr.stop_reason == "t1_reached"
     assert float(np.max(tr.extras["vertical_fraction"])) < 1e-10
 
 
-@pytest.mark.slow
 def test_g_length_equals_output_distance(adapted_run):
     pb, tr = adapted_run
     lengths = fl.path_lengths(tr)
@@ -53,7 +51,6 @@ def test_g_length_equals_output_distance(adapted_run):
                                np.linalg.norm(x - np.asarray(tr.targets), axis=1), rtol=1e-7)
 
 
-@pytest.mark.slow
 def test_parameter_length_bound(adapted_run):
     _, tr = adapted_run
     lengths = fl.path_lengths(tr)
@@ -98,7 +95,6 @@ def test_vertical_fraction_detects_a_kernel_component():
     np.testing.assert_allclose(out["tilted_output_speed"], out["dv"], rtol=1e-10)
 
 
-@pytest.mark.slow
 def test_path_lengths_needs_the_extras(adapted_run):
     _, tr = adapted_run
     import equinox as eqx

@@ -81,7 +81,6 @@ def homotopy_runs():
     return pb, runs
 
 
-@pytest.mark.slow
 def test_full_rank_rate_bound(homotopy_runs):
     pb, runs = homotopy_runs
     for alpha, tr in runs.items():

@@ -16,7 +16,6 @@ def run():
     return pb, fl.interpolate(pb, num_saves=51, diagnostics=False)
 
 
-@pytest.mark.slow
 def test_outputs_stay_on_the_segment_and_reach_y(run):
     _, tr = run
     assert tr.stop_reason == "t1_reached"
@@ -27,7 +26,6 @@ def test_outputs_stay_on_the_segment_and_reach_y(run):
     assert float(tr.ts[-1]) == 1.0
 
 
-@pytest.mark.slow
 def test_time_change_matches_the_adapted_flow(run):
     pb, tr = run
     # at s = s(t) the adapted flow is at X(0) + t(Y − X(0)) too: X(s) from theory

@@ -2,7 +2,7 @@
 
 The multi-device check runs in a subprocess: XLA_FLAGS=--xla_force_host_platform_device_count=4
 must be set before JAX initialises, which in this process it already has. It compiles four
-solves (~35 s of CPU), so it is marked slow: `pytest -m slow tests/test_sharding.py`."""
+solves (~35 s on 2 cores)."""
 
 import json
 import os
@@ -72,7 +72,6 @@ def sharded_run():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
 def test_sharded_equals_unsharded(sharded_run):
     r = sharded_run
     assert r["devices"] == 4
@@ -83,7 +82,6 @@ def test_sharded_equals_unsharded(sharded_run):
     assert "seeds" in r["shard_spec"]
 
 
-@pytest.mark.slow
 def test_compiled_solve_reused(sharded_run):
     ref, again, sharded, auto = sharded_run["compile"]
     assert ref > 0 and again == 0.0  # equal shapes: the cached executable
