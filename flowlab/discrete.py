@@ -38,8 +38,7 @@ def _iterate(problem, flow, theta0, opts: _StepOptions) -> dict:
     if opts.cost_target_relative is not None:
         target = jnp.maximum(target, opts.cost_target_relative * cost0)
 
-    def record(theta, t):
-        x = problem.outputs(theta)
+    def record(theta, t, x):
         out = {"ts": t, "cost": problem.loss(x, problem.targets), "outputs": x,
                "theta_norm": jnp.linalg.norm(theta)}
         nan = jnp.full((), jnp.nan, theta.dtype)
@@ -64,12 +63,14 @@ def _iterate(problem, flow, theta0, opts: _StepOptions) -> dict:
             return h / 2, problem.cost(theta + h / 2 * v), tries + 1
 
         h = jnp.asarray(opts.step_size, theta.dtype)
-        trial = (h, problem.cost(theta + h * v), jnp.asarray(0))
+        tries = jnp.asarray(0)
         if opts.backtracking:
-            trial = jax.lax.while_loop(
-                lambda s: (~(s[1] < cost)) & (s[2] < opts.max_backtracks), shrink, trial
+            h, _, tries = jax.lax.while_loop(
+                lambda s: (~(s[1] < cost)) & (s[2] < opts.max_backtracks), shrink,
+                (h, problem.cost(theta + h * v), tries),
             )
-        h, new_cost, tries = trial
+        x = problem.outputs(theta + h * v)
+        new_cost = problem.loss(x, problem.targets)
         # a non-finite field ends the run where it is; nothing new is recorded
         theta = jnp.where(finite, theta + h * v, theta)
         t = jnp.where(finite, t + h, t)
@@ -79,14 +80,15 @@ def _iterate(problem, flow, theta0, opts: _StepOptions) -> dict:
         hist = jax.lax.cond(
             finite,
             lambda hs: jax.tree_util.tree_map(lambda b, r: b.at[i + 1].set(r), hs,
-                                              record(theta, t)),
+                                              record(theta, t, x)),
             lambda hs: hs,
             hist,
         )
         return i + 1, theta, t, cost, code, evals + 1, halvings + tries, hist
 
     zero = jnp.zeros((), theta0.dtype)
-    first = record(theta0, zero)
+    outputs0 = problem.outputs(theta0)
+    first = record(theta0, zero, outputs0)
     # row k holds iterate k; rows never reached keep +inf (valid = False)
     hist = jax.tree_util.tree_map(
         lambda a: jnp.full((opts.num_steps + 1, *a.shape), jnp.inf, a.dtype).at[0].set(a), first
@@ -99,7 +101,7 @@ def _iterate(problem, flow, theta0, opts: _StepOptions) -> dict:
     ts = hist.pop("ts")
     return {
         "ts": ts, "valid": jnp.isfinite(ts), **hist, "theta": hist.get("theta"), "extras": {},
-        "cost0": cost0, "outputs0": problem.outputs(theta0), "t_final": t, "cost_final": cost,
+        "cost0": cost0, "outputs0": outputs0, "t_final": t, "cost_final": cost,
         "theta_final": theta, "stop_code": code, "num_steps": evals,
         "num_accepted_steps": evals, "num_rejected_steps": halvings,
         "num_field_evals": evals,
