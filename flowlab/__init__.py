@@ -14,6 +14,7 @@ from .data import (
     smooth_regression as smooth_regression,
     teacher as teacher,
 )
+from .devices import device_mesh as device_mesh, shard_batch as shard_batch
 from .discrete import euler_steps as euler_steps
 from .flows import (
     AbstractFlow as AbstractFlow,
@@ -21,7 +22,6 @@ from .flows import (
     DampedFlow as DampedFlow,
     GradientFlow as GradientFlow,
 )
-from .devices import device_mesh as device_mesh, shard_batch as shard_batch
 from .linalg import (
     AbstractGram as AbstractGram,
     AbstractPinvSolver as AbstractPinvSolver,
