@@ -1,8 +1,8 @@
 """Study: gradient flow as linear interpolation in output space (MATH §5): dθ/dt = D⁺(Y − X(0))
 on t in [0, 1]. Writes results.csv, table.md, figure.png.  Run: python experiments/interpolation/run.py"""
 
-import csv
 import os
+import sys
 
 import jax
 
@@ -34,21 +34,14 @@ for width in (16, 32):
         })
         print(rows[-1], flush=True)
 
-with open(os.path.join(HERE, "results.csv"), "w", newline="") as f:
-    w = csv.DictWriter(f, list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-
-
 def fmt(v):
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-show = list(rows[0])
-table = "| " + " | ".join(k.replace("|", "\\|") for k in show) + " |\n|" + "---|" * len(show) + "\n" + "".join(
-    "| " + " | ".join(fmt(r[k]).replace("|", "\\|") for k in show) + " |\n" for r in rows)
-open(os.path.join(HERE, "table.md"), "w").write(table)
-print(table)
+sys.path.insert(0, os.path.dirname(HERE))
+from _results import write_results  # noqa: E402
+
+print(write_results(HERE, rows, fmt))
 
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
 for (width, seed), (tr, dist) in runs.items():
