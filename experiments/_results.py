@@ -4,9 +4,13 @@ import csv
 import os
 
 
-def write_results(here: str, rows: list[dict], fmt) -> str:
-    """Write rows to here/results.csv and as a Markdown table (cells through `fmt`) to
-    here/table.md; return the table."""
+def write_results(here: str, rows: list[dict], digits: int = 3) -> str:
+    """Write rows to here/results.csv and as a Markdown table (floats to `digits` significant
+    digits) to here/table.md; return the table."""
+
+    def fmt(v):
+        return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
     with open(os.path.join(here, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, list(rows[0]))
         w.writeheader()

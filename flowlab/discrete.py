@@ -6,17 +6,15 @@ near a full-rank solution); linearised, each step multiplies the cost by (1 − 
 """
 
 import math
-import time
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .devices import device_mesh, replicate, resolve_shard, shard_batch, unshard
 from .flows import AbstractFlow
 from .linalg import numerical_rank, singular_values
-from .simulate import _CODE, Trajectory, compile_cached
+from .simulate import _CODE, Trajectory, initial_theta, run_batched
 
 
 class _StepOptions(eqx.Module):
@@ -142,27 +140,8 @@ def euler_steps(
             raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     if int(num_steps) < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    theta0 = problem.theta0 if theta0 is None else jnp.asarray(theta0)
-    if theta0.ndim not in (1, 2) or theta0.shape[-1] != problem.num_params:
-        raise ValueError(f"theta0 must have shape (K,) or (B, K), K = {problem.num_params}; "
-                         f"got {theta0.shape}")
+    theta0 = initial_theta(problem, theta0)
     opts = _StepOptions(float(step_size), int(num_steps), cost_target, cost_target_relative,
                         bool(backtracking), int(max_backtracks), bool(diagnostics),
                         bool(save_theta))
-    batched = theta0.ndim == 2
-    batch = theta0 if batched else theta0[None]
-    args = (problem, flow, batch, opts)
-    sharded = resolve_shard(shard, batch.shape[0])
-    if sharded:
-        mesh = device_mesh()
-        args = (*replicate((problem, flow), mesh), shard_batch(batch, mesh), opts)
-    compiled, compile_time = compile_cached(_iterate_batch, *args)
-    start = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args))
-    wall_time = time.perf_counter() - start
-    if sharded:
-        out = unshard(out, batch.shape[0])
-    if not batched:
-        out = jax.tree_util.tree_map(lambda a: a[0], out)
-    return Trajectory(**out, targets=problem.targets, kappa=problem.kappa,
-                      wall_time=wall_time, compile_time=compile_time)
+    return run_batched(_iterate_batch, problem, flow, theta0, opts, shard)

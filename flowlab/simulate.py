@@ -400,6 +400,17 @@ def simulate(
     of the device count, padding stripped); 'auto' does so when there are several devices
     and several seeds. Results equal the unsharded run's.
     """
+    theta0 = initial_theta(problem, theta0)
+    opts = _options(
+        problem, flow, t1, ts, num_saves, solver, rtol, atol, dt0, max_steps, cost_target,
+        cost_target_relative, sigma_min_tol, max_condition, theta_norm_max, check_finite,
+        diagnostics, save_theta, progress, extras,
+    )
+    return run_batched(_solve_batch, problem, flow, theta0, opts, shard)
+
+
+def initial_theta(problem, theta0) -> Float[Array, "*b K"]:
+    """θ0 as an array of shape (K,) or (B, K) (None: the problem's θ0), checked."""
     theta0 = problem.theta0 if theta0 is None else jnp.asarray(theta0)
     if theta0.ndim not in (1, 2) or theta0.shape[-1] != problem.num_params:
         raise ValueError(
@@ -408,11 +419,12 @@ def simulate(
         )
     if not bool(jnp.all(jnp.isfinite(theta0))):
         raise ValueError("theta0 contains NaN or inf")
-    opts = _options(
-        problem, flow, t1, ts, num_saves, solver, rtol, atol, dt0, max_steps, cost_target,
-        cost_target_relative, sigma_min_tol, max_condition, theta_norm_max, check_finite,
-        diagnostics, save_theta, progress, extras,
-    )
+    return theta0
+
+
+def run_batched(jitted, problem, flow, theta0, opts, shard) -> Trajectory:
+    """Run `jitted(problem, flow, batch, opts)` (vmapped over the seed axis) on θ0 of shape
+    (K,) or (B, K), sharded over devices when asked; time it and wrap it as a Trajectory."""
     batched = theta0.ndim == 2
     batch = theta0 if batched else theta0[None]
     args = (problem, flow, batch, opts)
@@ -420,7 +432,7 @@ def simulate(
     if sharded:
         mesh = device_mesh()
         args = (*replicate((problem, flow), mesh), shard_batch(batch, mesh), replicate(opts, mesh))
-    compiled, compile_time = compile_cached(_solve_batch, *args)
+    compiled, compile_time = compile_cached(jitted, *args)
     start = time.perf_counter()
     out = jax.block_until_ready(compiled(*args))
     wall_time = time.perf_counter() - start

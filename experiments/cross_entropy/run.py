@@ -40,14 +40,10 @@ for name, flow in (("adapted", fl.AdaptedFlow()), ("standard", fl.GradientFlow()
     })
     print(rows[-1], flush=True)
 
-def fmt(v):
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
 sys.path.insert(0, os.path.dirname(HERE))
 from _results import write_results  # noqa: E402
 
-print(write_results(HERE, rows, fmt))
+print(write_results(HERE, rows, digits=3))
 
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
 for name, tr in runs.items():

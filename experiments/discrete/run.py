@@ -43,14 +43,10 @@ for hk in (0.05, 0.1, 0.25, 0.5, 0.75, 1.0):
     })
     print(rows[-1], flush=True)
 
-def fmt(v):
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 sys.path.insert(0, os.path.dirname(HERE))
 from _results import write_results  # noqa: E402
 
-print(write_results(HERE, rows, fmt))
+print(write_results(HERE, rows, digits=4))
 
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
 for hk, c in runs.items():
