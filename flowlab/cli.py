@@ -7,7 +7,6 @@
 """
 
 import argparse
-import math
 import os
 import sys
 
@@ -50,15 +49,17 @@ def _err(msg: str) -> int:
 
 
 def cmd_run(args) -> int:
-    from .config import ConfigError, load_config
+    _fast_compile()  # XLA reads its flags when the backend starts: before anything else
+    from .study.config import ConfigError, load_config
 
     try:
         study = load_config(args.config, args.overrides)
     except ConfigError as e:
         return _err(str(e))
     _set_precision(study.config["precision"])
-    from .store import StoreError
-    from .sweep import run_study
+    from .study.report import aggregate, table
+    from .study.runner import run_study
+    from .study.store import StoreError
 
     if args.jobs < 1:
         return _err(f"--jobs must be >= 1, got {args.jobs}")
@@ -77,20 +78,20 @@ def cmd_run(args) -> int:
     print(f"run folder: {store.path}  ({done}/{len(cells)} cells done)")
     print(f"summary:    {os.path.join(store.path, 'summary.csv')}")
     if done and not args.no_plot:
-        from .plots import plot_run
+        from .study.plots import plot_run
 
         paths = plot_run(store.path)
         print("figures:    " + ", ".join(p for p in paths if p.endswith(".png")))
     if not args.quiet and done:
-        print(_table(_aggregate(store.rows())))
+        print(table(aggregate(store.rows()), only=study.config["output"]["columns"]))
     for k, e in failed.items():
         print(f"cell {k} failed: {e}", file=sys.stderr)
     return 1 if failed else 0
 
 
 def cmd_plot(args) -> int:
-    from .plots import plot_run
-    from .store import StoreError
+    from .study.plots import plot_run
+    from .study.store import StoreError
 
     try:
         paths = plot_run(args.run, args.out)
@@ -101,114 +102,32 @@ def cmd_plot(args) -> int:
     return 0
 
 
-# --- tables -------------------------------------------------------------------------------
-
-_COLUMNS = [
-    ("flow", "flow"), ("width", "width"), ("depth", "depth"), ("N", "N"), ("M", "M"),
-    ("K", "K"), ("QN", "QN"), ("seeds", "seeds"), ("C0", "C(0)"),
-    ("measured_rate", "rate"), ("predicted_rate_start", "pred start"),
-    ("predicted_rate_end", "pred end"), ("relative_error", "rel err"),
-    ("T_eps_predicted", "T_eps pred"), ("T_eps_measured", "T_eps meas"),
-    ("min_lambda_min", "min λ_min(Θ)"), ("min_rank", "min rank"), ("stop_reason", "stop"),
-    ("steps", "steps"), ("field_evals", "evals"), ("wall_time", "wall s"),
-]
-_OPTIONAL = [("lsq_cost", "lsq C"), ("cost_ratio_to_lsq", "C/lsq C"), ("C_final", "C final"),
-             ("grad_norm_final", "|∇C| final")]
-
-
-def _aggregate(rows: list[dict]) -> list[dict]:
-    """One row per cell: medians over seeds (min for min_* columns, max for errors)."""
-    by_cell: dict[str, list[dict]] = {}
-    for r in rows:
-        by_cell.setdefault(r["cell"], []).append(r)
-    out = []
-    for rs in by_cell.values():
-        agg = dict(rs[0])
-        agg["seeds"] = len(rs)
-        for k, v in rs[0].items():
-            vals = [r[k] for r in rs]
-            if isinstance(v, str) or k in ("seed", "cell"):
-                if k == "stop_reason":
-                    names = sorted(set(vals))
-                    agg[k] = names[0] if len(names) == 1 else "/".join(names)
-                continue
-            nums = [float(x) for x in vals if isinstance(x, (int, float)) and not math.isnan(float(x))]
-            if not nums:
-                agg[k] = math.nan
-            elif k.startswith("min_"):
-                agg[k] = min(nums)
-            elif "error" in k:
-                agg[k] = max(nums)
-            else:
-                agg[k] = sorted(nums)[len(nums) // 2] if len(nums) % 2 else 0.5 * sum(sorted(nums)[len(nums) // 2 - 1:len(nums) // 2 + 1])
-        out.append(agg)
-    return out
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        if math.isinf(v):
-            return "inf"
-        if v == int(v) and abs(v) < 1e6:
-            return str(int(v))
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _columns(rows):
-    cols = [(k, h) for k, h in _COLUMNS if k in rows[0] or k == "seeds"]
-    cols = [c for c in cols if c[0] != "seeds" or "seeds" in rows[0]]
-    if "lsq_cost" in rows[0]:  # a comparison with scipy: show where each method ended
-        cols += [(k, h) for k, h in _OPTIONAL if k in rows[0]]
-    # drop columns that are constant and uninteresting
-    for k in ("M", "depth", "N"):
-        if len({str(r.get(k)) for r in rows}) == 1 and k != "N":
-            cols = [c for c in cols if c[0] != k]
-    return cols
-
-
-def _table(rows: list[dict], markdown: bool = False) -> str:
-    if not rows:
-        return "(no finished cells)"
-    cols = _columns(rows)
-    cells = [[_fmt(r.get(k, "")) for k, _ in cols] for r in rows]
-    heads = [h for _, h in cols]
-    if markdown:
-        lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
-        lines += ["| " + " | ".join(c) + " |" for c in cells]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
-    line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))
-    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(c) for c in cells])
-
-
 def cmd_report(args) -> int:
-    from .store import RunStore, StoreError, read_summary
+    from .study.report import aggregate, table
+    from .study.store import RunStore, StoreError, atomic_write, read_summary
 
     try:
         store = RunStore(args.run)
         rows = read_summary(args.run)
     except StoreError as e:
         return _err(str(e))
-    table_rows = rows if args.seeds else _aggregate(rows)
-    print(_table(table_rows))
+    table_rows = rows if args.seeds else aggregate(rows)
+    only = None if args.all_columns else store.config["output"].get("columns")
+    print(table(table_rows, aggregated=not args.seeds, only=only))
     md_path = args.markdown or os.path.join(store.path, "report.md")
     cells = store.manifest["cells"]
     done = sum(c["status"] == "done" for c in cells.values())
     text = [f"# {store.manifest['name']}", "",
             f"Run folder `{store.path}`: {done}/{len(cells)} cells done, status "
             f"{store.manifest.get('status')}. "
-            + ("One row per seed." if args.seeds else "Medians over seeds (min for min_*, max for errors)."),
-            "", _table(table_rows, markdown=True), ""]
+            + ("One row per seed." if args.seeds else "One row per cell; each header says how "
+               "its column combines the seeds (med, min, max; no label: equal for all seeds)."),
+            "", table(table_rows, aggregated=not args.seeds, markdown=True, only=only), ""]
     fig_dir = os.path.join(store.path, "figures")
     for name in ("decay", "rates", "stopping_time"):
         p = os.path.join(fig_dir, f"{name}.png")
         if os.path.isfile(p):
             text.append(f"![{name}]({os.path.relpath(p, os.path.dirname(os.path.abspath(md_path)))})")
-    from .store import atomic_write
-
     atomic_write(md_path, "\n".join(text) + "\n")
     print(f"\nmarkdown: {md_path}")
     return 0
@@ -216,7 +135,7 @@ def cmd_report(args) -> int:
 
 def cmd_info(args) -> int:
     _set_precision("float64" if not args.float32 else "float32")
-    from .store import environment
+    from .study.store import environment
 
     env = environment()
     for k, v in env["versions"].items():
@@ -256,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run", help="run folder")
     rep.add_argument("--seeds", action="store_true", help="one row per seed, not per cell")
     rep.add_argument("--markdown", help="Markdown file (default RUN/report.md)")
+    rep.add_argument("--all-columns", action="store_true",
+                     help="every column, not only the config's output.columns")
     rep.set_defaults(fn=cmd_report)
     inf = sub.add_parser("info", help="versions, devices, float64 status")
     inf.add_argument("--float32", action="store_true", help=argparse.SUPPRESS)

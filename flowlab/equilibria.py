@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .geometry import default_rcond
+from .linalg import default_rcond
 
 
 class Equilibrium(eqx.Module):

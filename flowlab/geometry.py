@@ -14,17 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Scalar
 
-
-def default_rcond(problem) -> float:
-    """max(QN, K)·eps: numpy's matrix_rank cutoff, relative to σ_max."""
-    eps = float(jnp.finfo(problem.theta0.dtype).eps)
-    return max(problem.num_outputs, problem.num_params) * eps
-
-
-def jacobian_svd(problem, theta: Float[Array, " K"]):
-    """Thin SVD D = U diag(σ) Vᵀ, σ in decreasing order (computed from D itself, so σ is
-    resolved down to eps·σ_max, unlike the Gram route)."""
-    return jnp.linalg.svd(problem.jacobian(theta), full_matrices=False)
+from .linalg import default_rcond, jacobian_svd
 
 
 def kernel_component(problem, theta, v: Float[Array, " K"], rcond: float | None = None):

@@ -1,4 +1,4 @@
-r"""Gradient flow as linear interpolation in output space ([CM24], MATH §5).
+r"""Running the interpolation flow (`flowlab.flows.InterpolationFlow`), and measuring it ([CM24], MATH §5).
 
 With t = 1 − e^{−κs} the adapted flow becomes dθ/dt = D⁺(Y − X(0)) on t in [0, 1]: at full row
 rank X' = Y − X(0), so X(t) = (1 − t)X(0) + tY runs along the segment and reaches the global
@@ -11,27 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .flows import AbstractFlow
-from .linalg import AbstractPinvSolver, resolve_solver
-from .simulate import Trajectory, simulate
-
-
-class InterpolationFlow(AbstractFlow):
-    """dθ/dt = D⁺(Y − X(0)), with X(0) = `outputs0` fixed when the flow is built."""
-
-    inverts_jacobian = True
-    outputs0: Float[Array, " QN"]
-    solver: str | AbstractPinvSolver = "auto"
-
-    def check(self, problem):
-        if self.outputs0.shape != (problem.num_outputs,):
-            raise ValueError(f"outputs0 must have shape ({problem.num_outputs},), got "
-                             f"{self.outputs0.shape}")
-        resolve_solver(self.solver, problem)
-
-    def velocity(self, problem, theta):
-        return resolve_solver(self.solver, problem).solve(
-            problem, theta, problem.targets - self.outputs0)
+from .flows import InterpolationFlow
+from .integrate import Trajectory, simulate
+from .linalg import AbstractPinvSolver
 
 
 def s_of_t(t, kappa: float):

@@ -93,6 +93,9 @@ class SoftmaxCrossEntropy(AbstractLoss):
         n, q = self._bound()
         return jnp.sum(outputs.reshape(*outputs.shape[:-1], n, q), axis=-1)
 
+    def conserved(self, outputs):
+        return self.output_sums(outputs)
+
 
 def smooth_labels(targets: Float[Array, "N Q"], epsilon: float = 0.1) -> Float[Array, "N Q"]:
     """(1 − ε)·y + ε/Q: one-hot labels moved into the open simplex (0 < ε ≤ 1)."""

@@ -13,6 +13,12 @@ from jaxtyping import Array, Float, Scalar
 from .data import Dataset
 
 
+def is_overparametrised(num_params: int, num_outputs: int) -> bool:
+    """K ≥ QN: D can have full row rank, and then the adapted flow gives X' = −∇_X C. The one
+    place this test is made (`LeastSquaresProblem.overparametrised` asks it)."""
+    return num_params >= num_outputs
+
+
 class AbstractLoss(eqx.Module):
     """A cost C(X) on stacked outputs X in R^{QN}, with targets Y."""
 
@@ -22,6 +28,18 @@ class AbstractLoss(eqx.Module):
     def gradient(self, outputs: Float[Array, " QN"], targets: Float[Array, " QN"]):
         """∇_X C."""
         return jax.grad(self)(outputs, targets)
+
+    def minimum(self, targets: Float[Array, " QN"]) -> Scalar:
+        """inf C, the level the cost decays to at full rank (NaN where unknown)."""
+        return jnp.asarray(jnp.nan, targets.dtype)
+
+    def minimiser(self, outputs0: Float[Array, " QN"], targets: Float[Array, " QN"]):
+        """Where the adapted output flow from X(0) ends at full row rank (NaN where unknown)."""
+        return jnp.full_like(outputs0, jnp.nan)
+
+    def conserved(self, outputs: Float[Array, "*S QN"]) -> Float[Array, "*S c"]:
+        """Quantities of X that the adapted output flow X' = −∇_X C conserves (none here)."""
+        return outputs[..., :0]
 
     def bind(self, targets: Float[Array, " QN"], num_points: int, out_size: int) -> "AbstractLoss":
         """This loss checked against, and where needed specialised to, the problem's targets
@@ -44,6 +62,12 @@ class SquaredLoss(AbstractLoss):
 
     def gradient(self, outputs, targets):
         return self.kappa * (outputs - targets)
+
+    def minimum(self, targets):
+        return jnp.zeros((), targets.dtype)
+
+    def minimiser(self, outputs0, targets):
+        return targets
 
 
 class LeastSquaresProblem(eqx.Module):
@@ -103,6 +127,11 @@ class LeastSquaresProblem(eqx.Module):
         return self.targets.shape[0]
 
     @property
+    def overparametrised(self) -> bool:
+        """K ≥ QN (`is_overparametrised`)."""
+        return is_overparametrised(self.num_params, self.num_outputs)
+
+    @property
     def kappa(self) -> float:
         """The loss's κ; 1/N for a loss that defines none (the paper's normalisation)."""
         return getattr(self.loss, "kappa", 1.0 / self.num_points)
@@ -143,7 +172,7 @@ class LeastSquaresProblem(eqx.Module):
         """D = ∂X/∂θ materialised: jacfwd costs K forward passes, jacrev QN backward passes;
         'auto' takes the cheaper one."""
         if mode == "auto":
-            mode = "fwd" if self.num_params < self.num_outputs else "rev"
+            mode = "rev" if self.overparametrised else "fwd"
         if mode not in ("fwd", "rev"):
             raise ValueError(f"unknown Jacobian mode {mode!r}; expected 'auto', 'fwd' or 'rev'")
         return (jax.jacfwd if mode == "fwd" else jax.jacrev)(self.outputs)(theta)

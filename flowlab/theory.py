@@ -2,6 +2,8 @@ r"""What the theory predicts, and fits of what was measured.
 
 Along the overparametrised adapted flow (rank D = QN on the orbit):
 X(s) = Y + e^{−κs}(X(0) − Y), C(s) = e^{−2κs} C(0), so C ≤ ε for s ≥ T_ε = ln(C(0)/ε)/(2κ).
+Each flow states its own predicted rate and cost curve (`AbstractFlow.predicted_rate`,
+`predicted_cost`, `rate_bound`); this module holds what is common to all of them.
 """
 
 import math
@@ -15,17 +17,19 @@ def _check_positive(name, value):
         raise ValueError(f"{name} must be positive and finite, got {value!r}")
 
 
-def predicted_cost(cost0, kappa: float, ts, rate_factor: float = 1.0):
-    """C(s) = C(0) e^{−2ακs}; α = rate_factor (1 for the adapted flow)."""
-    _check_positive("kappa", kappa)
-    return np.asarray(cost0)[..., None] * np.exp(-2.0 * rate_factor * kappa * np.asarray(ts))
-
-
 def predicted_outputs(outputs0: Float[Array, " QN"], targets: Float[Array, " QN"], kappa: float, ts):
     """X(s) = Y + e^{−κs}(X(0) − Y): the straight segment from X(0) to Y, shape (S, QN)."""
     _check_positive("kappa", kappa)
     decay = np.exp(-kappa * np.asarray(ts))[:, None]
     return np.asarray(targets) + decay * (np.asarray(outputs0) - np.asarray(targets))
+
+
+def decay_time(ratio: float, rate: float) -> float:
+    """The time s with e^{−rate·s} = ratio: when a cost decaying at `rate` has fallen by `ratio`
+    (NaN without a positive rate). T_ε is decay_time(ε/C(0), 2κ)."""
+    if not (rate > 0 and math.isfinite(rate)):
+        return 0.0 if rate == math.inf else math.nan
+    return math.log(1.0 / ratio) / rate
 
 
 def stopping_time(cost0: float, epsilon: float, kappa: float) -> float:
@@ -38,7 +42,7 @@ def stopping_time(cost0: float, epsilon: float, kappa: float) -> float:
         raise ValueError(f"cost0 must be finite and >= 0, got {cost0!r}")
     if cost0 <= epsilon:
         return 0.0
-    return math.log(cost0 / epsilon) / (2.0 * kappa)
+    return decay_time(epsilon / cost0, 2.0 * kappa)
 
 
 def cost_floor(targets, kappa: float) -> float:
@@ -65,34 +69,92 @@ def fit_decay_rate(ts, cost, *, floor: float = 0.0, valid=None) -> float:
     return float(np.median((y[j] - y[i])[ok] / dt[ok]))
 
 
-def compare(trajectory, epsilon_relative: float | None = None) -> dict:
-    """Measured against predicted for one (unbatched) Trajectory of the adapted flow.
+def euler_cost_ratio(rate: float, step_size: float) -> float:
+    """The factor (1 − h·r/2)² by which an Euler step of size h multiplies the cost along a mode
+    on which the flow's cost decays at rate r ((1 − hκ)² for the adapted flow)."""
+    return (1.0 - 0.5 * step_size * rate) ** 2
 
-    Returns the worst |log(C(s)/C(0)) + 2κs| and |X(s) − X_pred(s)|∞ over the saved times
-    above the float floor, the fitted and predicted rate (2κ) with their relative error and,
-    given ε_rel, the predicted T_ε against the measured first time with C ≤ ε_rel·C(0)."""
+
+def first_crossing(ts, cost, level) -> float:
+    """The first time the saved cost reaches `level`, interpolating log C linearly (NaN if never)."""
+    ts, cost = np.asarray(ts, float), np.asarray(cost, float)
+    below = np.nonzero(cost <= level)[0]
+    if below.size == 0:
+        return math.nan
+    i = below[0]
+    if i == 0:
+        return float(ts[0])
+    t0, t1, c0, c1 = ts[i - 1], ts[i], math.log(cost[i - 1]), math.log(cost[i])
+    if c1 == c0 or not math.isfinite(c1):
+        return float(t1)
+    return float(t0 + (math.log(level) - c0) * (t1 - t0) / (c1 - c0))
+
+
+def max_log_error(cost, predicted, floor: float = 0.0) -> float:
+    """max |log C(s) − log C_pred(s)| over the saves where both lie above `floor` (NaN when
+    there is no prediction)."""
+    cost, predicted = np.asarray(cost, float), np.asarray(predicted, float)
+    keep = np.isfinite(cost) & np.isfinite(predicted) & (cost > floor) & (predicted > floor)
+    if not np.any(keep):
+        return math.nan
+    return float(np.max(np.abs(np.log(cost[keep]) - np.log(predicted[keep]))))
+
+
+class _TrajectoryShape:
+    """κ, K, QN and the squared loss read off a trajectory: enough for the adapted law."""
+
+    def __init__(self, trajectory):
+        from .problem import SquaredLoss, is_overparametrised
+
+        self.kappa = trajectory.kappa
+        self.num_params = int(np.shape(trajectory.theta_final)[-1])
+        self.num_outputs = int(np.shape(trajectory.targets)[-1])
+        self.overparametrised = is_overparametrised(self.num_params, self.num_outputs)
+        self.loss = SquaredLoss(trajectory.kappa)
+
+
+def compare(trajectory, problem=None, flow=None, epsilon_relative: float | None = None) -> dict:
+    """Measured against predicted for one (unbatched) Trajectory of `flow` (default the
+    AdaptedFlow) on `problem` (needed for other flows; for the adapted flow κ, K and QN are read
+    off the trajectory).
+
+    Returns the worst |log C(s) − log C_pred(s)| over the saves above the float floor, the
+    worst |X(s) − X_segment(s)|∞ against the adapted flow's straight segment, the fitted rate
+    against the flow's predicted rate (NaN where the theory predicts none, e.g. K < QN) with
+    their relative error and, given ε_rel, the predicted T_ε against the stop at C ≤ ε_rel·C(0).
+    """
+    from .flows import AdaptedFlow
+
     tr = trajectory
     if tr.batch_shape:
         raise ValueError("compare takes one trajectory; use trajectory.seed(i) for a batch")
+    flow = AdaptedFlow() if flow is None else flow
+    if problem is None and not isinstance(flow, AdaptedFlow):
+        raise ValueError(f"compare needs the problem to predict the {type(flow).__name__}")
     kappa = tr.kappa
     valid = np.asarray(tr.valid)
     ts, cost = np.asarray(tr.ts)[valid], np.asarray(tr.cost)[valid]
     c0 = float(tr.cost0)
     floor = cost_floor(tr.targets, kappa)
-    above = cost > floor
-    log_err = np.abs(np.log(cost[above] / c0) + 2 * kappa * ts[above])
+    if problem is None:
+        rate = flow.rate_bound(_TrajectoryShape(tr))
+        predicted = c0 * np.exp(-rate * ts)
+    else:
+        theta0 = tr.theta[0] if tr.theta is not None else None
+        rate = flow.predicted_rate(problem, problem.theta0 if theta0 is None else theta0)
+        predicted = flow.predicted_cost(problem, problem.theta0 if theta0 is None else theta0, ts)
     x_pred = predicted_outputs(tr.outputs0, tr.targets, kappa, ts)
     x_err = np.max(np.abs(np.asarray(tr.outputs)[valid] - x_pred), axis=-1)
-    rate = fit_decay_rate(ts, cost, floor=floor)
+    measured = fit_decay_rate(ts, cost, floor=floor)
     out = {
-        "max_log_cost_error": float(np.max(log_err, initial=0.0)),
+        "max_log_cost_error": max_log_error(cost, predicted, floor),
         "max_output_error": float(np.max(x_err, initial=0.0)),
-        "measured_rate": rate,
-        "predicted_rate": 2 * kappa,
-        "rate_relative_error": abs(rate - 2 * kappa) / (2 * kappa),
+        "measured_rate": measured,
+        "predicted_rate": rate,
+        "rate_relative_error": abs(measured - rate) / rate if rate > 0 else math.nan,
     }
     if epsilon_relative is not None:
-        out["predicted_stopping_time"] = stopping_time(c0, epsilon_relative * c0, kappa)
+        out["predicted_stopping_time"] = decay_time(epsilon_relative, rate)
         out["measured_stopping_time"] = (
             float(tr.t_final) if tr.stop_reason == "cost_target" else math.nan
         )

@@ -10,9 +10,9 @@ import os
 import numpy as np
 import pytest
 
-from flowlab import sweep
+from flowlab.study import runner as sweep
 from flowlab.cli import main
-from flowlab.store import read_summary
+from flowlab.study.store import read_summary
 
 TINY = """
 name = "tiny"
@@ -26,7 +26,7 @@ width = 8
 [flows.adapted]
 [flows.standard]
 [integrator]
-stop_relative = 1e-6
+cost_target_relative = 1e-6
 t1 = "auto"
 num_saves = 21
 check_finite = false
@@ -124,7 +124,7 @@ def test_run_writes_summary_arrays_figures(run_dir):
 def test_report_plot_info(run_dir, capsys):
     assert main(["report", run_dir]) == 0
     out = capsys.readouterr().out
-    assert "adapted" in out and "standard" in out and "T_eps pred" in out
+    assert "adapted" in out and "standard" in out and "T_ε pred (med)" in out and "rel err (max)" in out
     md = _text(os.path.join(run_dir, "report.md"))
     assert md.count("\n| ") >= 3 and "![decay]" in md
     assert main(["plot", run_dir]) == 0

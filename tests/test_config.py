@@ -5,8 +5,9 @@ import os
 import pytest
 
 from flowlab.cli import main
-from flowlab.config import ConfigError, apply_overrides, load_config, parse_config
-from flowlab.sweep import expand_grid
+from flowlab.study.config import ConfigError, apply_overrides, load_config, parse_config
+from flowlab.integrate import IntegratorOptions
+from flowlab.study.grid import expand_grid
 
 GOOD = """
 name = "tiny"
@@ -37,9 +38,14 @@ def test_good_config_defaults_and_grid(tmp_path):
     study = load_config(write(tmp_path, GOOD))
     c = study.config
     assert c["loss"]["kappa"] == "1/N" and c["precision"] == "float64"
-    assert c["flows"]["lm"] == {"kind": "damped", "label": "lm", "params": {"damping": 0.01}}
+    assert c["flows"]["lm"] == {"kind": "damped", "params": {"damping": 0.01}}
     assert c["output"]["dir"] == os.path.join("runs", "tiny")
-    assert c["analysis"]["epsilon"] == c["integrator"]["stop_relative"]
+    # the [integrator] defaults are IntegratorOptions' defaults, key for key
+    settable = {n: f for n, f in IntegratorOptions.fields().items() if f.metadata["config"]}
+    assert set(c["integrator"]) == set(settable) | {"method", "t1_factor"}
+    for name, f in settable.items():
+        assert c["integrator"][name] == f.default, name
+    assert c["integrator"]["cost_target_relative"] is None and c["analysis"]["epsilon"] == 1e-6
     cells = expand_grid(study)
     assert [cell.id for cell in cells] == [
         f"width-{w}__flow-{f}" for w in (4, 8) for f in ("adapted", "standard", "lm")
@@ -78,6 +84,10 @@ def test_overrides_parse_toml_values(tmp_path):
         ("[flows.adapted]\nsolvr = 'qr'\n", "flows.adapted.solvr", ["flows.adapted.solver"]),
         ("[flows.x]\nkind = 'adaptd'\n", "flows.x.kind", ["'adapted'"]),
         ("[integrator]\nrtol = true\n", "integrator.rtol", ["positive number"]),
+        ("[integrator]\nsolver = 'rk4'\n", "integrator.solver", ["'tsit5'"]),
+        ("[integrator]\nsigma_min_tol = 'of'\n", "integrator.sigma_min_tol", ["or off"]),
+        ("[integrator]\nt1 = 1.0\nts = [0.0, 2.0]\n", "integrator.ts", ["[0, t1 = 1.0]"]),
+        ("[integrator]\nt1 = 'auto'\nts = [0.0, 2.0]\n", "integrator.ts", ["numeric integrator.t1"]),
         ("[sweep]\nflow = ['adapted', 'nope']\n", "sweep.flow", ["'nope'"]),
         ("colour = 1\n", "colour", ["unknown key"]),
     ],
@@ -108,3 +118,16 @@ def test_bad_override_and_missing_file(tmp_path, capsys):
     assert not out.exists()
     with pytest.raises(ConfigError, match="'flows.standard'"):
         parse_config({"flows": {"standard": 3}}, "inline")
+
+
+def test_parsing_a_config_starts_no_jax_backend(tmp_path):
+    """XLA reads its flags (the CLI's compile settings) when the backend starts, so loading and
+    validating a config, flows included, must not start it."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path, GOOD + "[flows.h]\nkind = 'homotopy'\nalpha = 0.3\n")
+    code = ("import jax._src.xla_bridge as xb; from flowlab.study.config import load_config; "
+            f"load_config({path!r}); print(len(xb._backends))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0", out.stdout + out.stderr

@@ -86,8 +86,14 @@ def test_full_rank_rate_bound(homotopy_runs):
     for alpha, tr in runs.items():
         assert tr.stop_reason == "t1_reached"
         assert float(np.min(tr.sigma_min)) > 1e-6  # full row rank along the orbit
-        bound = fl.theory.predicted_cost(tr.cost0, pb.kappa, tr.ts,
-                                         rate_factor=alpha)
+        flow = fl.HomotopyFlow(alpha=alpha)
+        assert flow.rate_bound(pb) == pytest.approx(2 * alpha * pb.kappa, rel=1e-12)
+        bound = float(tr.cost0) * np.exp(-flow.rate_bound(pb) * np.asarray(tr.ts))
         assert np.all(np.asarray(tr.cost) <= bound * (1 + 1e-6))
         rate = fl.theory.fit_decay_rate(tr.ts, tr.cost, floor=1e-25)
-        assert rate >= fl.homotopy_rate_bound(alpha, pb.kappa)
+        assert rate >= flow.rate_bound(pb)
+        # the slowest mode's rate 2κ(α + (1 − α)σ_min²) at the end bounds the late rate
+        late = np.asarray(tr.ts) >= T1 / 2
+        late_rate = fl.theory.fit_decay_rate(np.asarray(tr.ts)[late], np.asarray(tr.cost)[late],
+                                             floor=1e-25)
+        assert late_rate >= flow.predicted_rate(pb, tr.theta_final) * (1 - 1e-3)

@@ -46,17 +46,22 @@ def test_cholesky_on_underparametrised_problem_is_refused():
 def test_bad_numbers_are_refused(small):
     flow = fl.GradientFlow()
     for kw, msg in [
-        (dict(t1=0.0), "t1 must be a positive"),
-        (dict(t1=-1.0), "t1 must be a positive"),
-        (dict(t1=1.0, cost_target=0.0), "cost_target must be a positive"),
-        (dict(t1=1.0, cost_target=-1e-3), "cost_target must be a positive"),
-        (dict(t1=1.0, cost_target_relative=0.0), "cost_target_relative must be a positive"),
-        (dict(t1=1.0, cost_target_relative=2.0), "cost_target_relative must be < 1"),
-        (dict(t1=1.0, ts=[0.0, 2.0]), "ts must be increasing times in \\[0, t1"),
-        (dict(t1=1.0, rtol=0.0), "rtol must be a positive"),
+        (dict(t1=0.0), "setting t1 = 0.0: expected a positive number"),
+        (dict(t1=-1.0), "setting t1 = -1.0: expected a positive number"),
+        (dict(t1=1.0, cost_target=0.0), "setting cost_target = 0.0: expected a positive"),
+        (dict(t1=1.0, cost_target=-1e-3), "setting cost_target = -0.001: expected a positive"),
+        (dict(t1=1.0, cost_target_relative=0.0), "setting cost_target_relative = 0.0: expected a "
+                                                  "number in \\(0, 1\\)"),
+        (dict(t1=1.0, cost_target_relative=2.0), "setting cost_target_relative = 2.0: expected a "
+                                                  "number in \\(0, 1\\)"),
+        (dict(t1=1.0, ts=[0.0, 2.0]), "setting ts: save times must lie in \\[0, t1 = 1.0\\]"),
+        (dict(t1=1.0, ts=[0.0, 0.5, 0.2]), "setting ts = .*: expected a list of >= 2 increasing"),
+        (dict(t1=1.0, rtol=0.0), "setting rtol = 0.0: expected a positive number"),
     ]:
         with pytest.raises(ValueError, match=msg):
             fl.simulate(small, flow, **kw)
+    with pytest.raises(TypeError, match="unknown integrator setting.*'rtl'"):
+        fl.simulate(small, flow, t1=1.0, rtl=1e-3)
     with pytest.raises(ValueError, match="epsilon must be positive"):
         fl.theory.stopping_time(1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="theta0 must have shape"):
@@ -70,7 +75,7 @@ def test_unknown_names_are_refused(small):
         fl.MLP(2, 1, [4], "swish", key=jr.key(0))
     with pytest.raises(ValueError, match="unknown solver 'lu'"):
         fl.AdaptedFlow("lu")
-    with pytest.raises(ValueError, match="unknown ODE solver 'rk4'"):
+    with pytest.raises(ValueError, match="setting solver = 'rk4': expected one of .*'tsit5'"):
         fl.simulate(small, fl.GradientFlow(), t1=1.0, solver="rk4")
     with pytest.raises(ValueError, match="unknown parametrization"):
         fl.MLP(2, 1, [4], parametrization="mup", key=jr.key(0))

@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["GRID_KEYS", "ConfigError", "Study", "apply_overrides", "load_config", "parse_config"]
+__all__ = ["ConfigError", "Study", "apply_overrides", "load_config", "parse_config"]
 
 
 class ConfigError(ValueError):
@@ -134,36 +134,79 @@ def _list_of(item, min_len: int = 1):
 
 
 def _activations():
-    from .nets import ACTIVATIONS
+    from ..nets import ACTIVATIONS
 
     return ACTIVATIONS
 
 
 def _generators():
-    from .data import GENERATORS
+    from ..data import GENERATORS
 
     return GENERATORS
 
 
 def _flow_registry():
-    from .flows import FLOWS
+    from ..flows import FLOWS
 
     return FLOWS
 
 
 def _losses():
-    try:
-        from .losses import LOSSES
-    except ImportError:  # the registry lives beside the problem's squared loss
-        from .problem import SquaredLoss
+    from ..losses import LOSSES
 
-        LOSSES = {"squared": SquaredLoss}
     return LOSSES
 
 
 # --- the schema ---------------------------------------------------------------------------
 
-_REQUIRED = object()
+def _setting(check):
+    """A config check from an IntegratorOptions setting's Check; optional settings take 'off'."""
+
+    def parse(v):
+        if check.optional and v == "off":
+            return None, None
+        try:
+            return check(v), None
+        except (ValueError, TypeError):
+            return None, check.expected
+
+    parse.expected = check.expected
+    return parse
+
+
+def _integrator_schema() -> dict:
+    """[integrator]: every config-settable field of IntegratorOptions (its check and default),
+    with t1 = 'auto' allowed, plus the study's choice of integrator and the factor of t1 'auto'."""
+    from ..integrate import IntegratorOptions
+
+    schema = {"method": (_str(["ode", "euler"]), "ode")}
+    for name, f in IntegratorOptions.fields().items():
+        if f.metadata["config"]:
+            schema[name] = (_setting(f.metadata["check"]), f.default)
+    schema["t1"] = (_either(schema["t1"][0], _literal("auto"),
+                            expected="a positive number or 'auto' (t1_factor·T_ε)"), schema["t1"][1])
+    schema["t1_factor"] = (_float(positive=True), 1.5)
+    return schema
+
+
+def _check_options(where, config):
+    """Build the IntegratorOptions once, so that settings that contradict each other (ts beyond
+    t1) are caught here."""
+    from ..integrate import IntegratorOptions
+
+    integ = config["integrator"]
+    settings = {k: v for k, v in integ.items() if k in IntegratorOptions.fields() and k != "t1"}
+    if integ["t1"] != "auto":
+        settings["t1"] = integ["t1"]
+    elif settings.get("ts") is not None:
+        raise ConfigError(where, "integrator.ts", "explicit save times need a numeric integrator.t1")
+    try:
+        IntegratorOptions.build(**settings)
+    except ValueError as e:
+        key = next((k for k in settings if f"setting {k} " in str(e) or f"setting {k}:" in str(e)), "")
+        raise ConfigError(where, f"integrator.{key}" if key else "integrator", str(e)) from None
+    if integ["ts"] is not None:
+        integ["ts"] = list(integ["ts"])
 
 SCHEMA: dict[str, dict[str, tuple[Callable, Any]]] = {
     "": {
@@ -198,27 +241,7 @@ SCHEMA: dict[str, dict[str, tuple[Callable, Any]]] = {
         "kappa": (_either(_float(positive=True), _literal("1/N"), expected="a positive number or '1/N'"), "1/N"),
         "params": (None, {}),
     },
-    "integrator": {
-        "method": (_str(["ode", "euler"]), "ode"),
-        "solver": (_str(), "tsit5"),
-        "rtol": (_float(positive=True), 1e-8),
-        "atol": (_float(positive=True), 1e-8),
-        "dt0": (_float(positive=True), None),
-        "t1": (_either(_float(positive=True), _literal("auto"), expected="a positive number or 'auto'"), "auto"),
-        "t1_factor": (_float(positive=True), 1.5),
-        "stop_relative": (_float(positive=True, below_one=True), 1e-8),
-        "max_steps": (_int(1), 100_000),
-        "num_saves": (_int(2), 101),
-        "ts": (_list_of(_float(nonneg=True), 2), None),
-        "sigma_min_tol": (_float(positive=True), None),
-        "max_condition": (_either(_float(positive=True), _literal("auto", "off"), expected="a positive number, 'auto' or 'off'"), "auto"),
-        "theta_norm_max": (_float(positive=True), 1e6),
-        "diagnostics": (_bool, True),
-        "check_finite": (_bool, True),
-        "step_size": (_either(_float(positive=True), _literal("auto"), expected="a positive number or 'auto' (1/κ)"), "auto"),
-        "num_steps": (_int(1), 50),
-        "backtracking": (_bool, False),
-    },
+    "integrator": _integrator_schema(),
     "sweep": {
         "seeds": (_either(_int(1), _list_of(_int(1)), expected="an integer >= 1 or a list of them"), 1),
         "seed": (_int(0), 0),
@@ -228,11 +251,14 @@ SCHEMA: dict[str, dict[str, tuple[Callable, Any]]] = {
         "in_size": (_list_of(_int(1)), None),
         "out_size": (_list_of(_int(1)), None),
         "activation": (_list_of(_str(_activations)), None),
+        "step_size": (_list_of(_float(positive=True)), None),
         "flow": (_list_of(_str()), None),
     },
     "analysis": {
         "epsilon": (_float(positive=True, below_one=True), None),
         "tail_fraction": (_float(positive=True), 0.5),
+        "equilibrium": (_bool, False),
+        "path_lengths": (_bool, False),
     },
     "compare": {
         "least_squares": (_bool, False),
@@ -241,22 +267,11 @@ SCHEMA: dict[str, dict[str, tuple[Callable, Any]]] = {
     "output": {
         "dir": (_str(), None),
         "save_outputs": (_bool, True),
+        "columns": (_list_of(_str()), None),  # report columns (RunRecord fields); None: all
     },
 }
 
-#: sweep keys and the config entries they set (numbers of seeds are handled by the sweep).
-GRID_KEYS = {
-    "width": ("model", "width"),
-    "depth": ("model", "depth"),
-    "num_points": ("data", "num_points"),
-    "in_size": ("data", "in_size"),
-    "out_size": ("data", "out_size"),
-    "activation": ("model", "activation"),
-    "flow": None,
-    "seeds": None,
-}
-
-_FLOW_META = {"kind": _str(_flow_registry), "label": _str()}
+_FLOW_KIND = _str(_flow_registry)
 
 
 def _unknown(where, key, allowed):
@@ -312,25 +327,22 @@ def _check_flows(where, raw) -> dict:
         if not isinstance(spec, dict):
             raise ConfigError(where, key, f"expected a table (kind = ..., parameters), found {_typename(spec)}")
         kind = spec.get("kind", name)
-        _, err = _FLOW_META["kind"](kind)
+        _, err = _FLOW_KIND(kind)
         if err is not None:
             raise ConfigError(where, f"{key}.kind", f"expected a registered flow, {err}, found {_typename(kind)}")
-        label = spec.get("label", name)
-        if not isinstance(label, str):
-            raise ConfigError(where, f"{key}.label", f"expected a string, found {_typename(label)}")
         allowed = _init_params(registry[kind])
         params = {}
         for p, value in spec.items():
-            if p in ("kind", "label"):
+            if p == "kind":
                 continue
             if p not in allowed:
-                raise _unknown(where, f"{key}.{p}", list(allowed) + ["kind", "label"])
+                raise _unknown(where, f"{key}.{p}", list(allowed) + ["kind"])
             params[p] = _check_scalar_param(where, f"{key}.{p}", value)
         try:
             registry[kind](**params)
         except (TypeError, ValueError) as e:
             raise ConfigError(where, key, f"the {kind!r} flow rejects these parameters: {e}") from None
-        out[name] = {"kind": kind, "label": label, "params": params}
+        out[name] = {"kind": kind, "params": params}
     return out
 
 
@@ -364,9 +376,6 @@ class Study:
     source: str
     config: dict
 
-    def __getitem__(self, section):
-        return self.config[section]
-
     def as_dict(self) -> dict:
         return copy.deepcopy(self.config)
 
@@ -374,6 +383,7 @@ class Study:
         """Hash of everything that determines the results (not the output folder)."""
         c = self.as_dict()
         c["output"].pop("dir", None)
+        c["output"].pop("columns", None)  # how the report looks, not what was computed
         c.pop("description", None)
         blob = json.dumps(c, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -426,19 +436,21 @@ def parse_config(raw: dict, where: str = "<config>", name: str | None = None, ba
     if config["model"]["widths"] is not None and (sweep["width"] or sweep["depth"]):
         raise ConfigError(where, "model.widths", "explicit widths cannot be combined with sweep.width/depth")
     integ = config["integrator"]
-    if integ["ts"] is not None and any(b <= a for a, b in zip(integ["ts"], integ["ts"][1:])):
-        raise ConfigError(where, "integrator.ts", f"expected increasing times, found {integ['ts']}")
-    if integ["method"] == "ode":
-        from .simulate import make_solver
-
-        try:
-            make_solver(integ["solver"])
-        except ValueError as e:
-            raise ConfigError(where, "integrator.solver", str(e)) from None
     if config["analysis"]["epsilon"] is None:
-        config["analysis"]["epsilon"] = integ["stop_relative"] or 1e-6
+        config["analysis"]["epsilon"] = integ["cost_target_relative"] or 1e-6
+    _check_options(where, config)
     if config["loss"]["kind"] != "squared" and config["loss"]["kappa"] != "1/N":
         raise ConfigError(where, "loss.kappa", "kappa applies to the squared loss; pass other losses' parameters in loss.params")
+    if config["output"]["columns"] is not None:
+        from .records import columns
+
+        known = [name for name, _ in columns()] + ["seeds"]
+        for name in config["output"]["columns"]:
+            if name not in known:
+                near = difflib.get_close_matches(name, known, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise ConfigError(where, "output.columns", f"expected RunRecord fields, found "
+                                  f"{name!r}{hint}")
     if config["output"]["dir"] is None:
         config["output"]["dir"] = os.path.join("runs", config["name"])
     return Study(name=config["name"], source=where, config=config)

@@ -6,7 +6,8 @@ f_α(σ) = (1 − α)σ + α/σ gives V_0 = −Dᵀ∇_X C and V_1 = −D⁺∇_
 
 Same equilibria for every α: any filter with f > 0 on σ > 0 has V = 0 ⇔ Uᵀ∇_X C = 0 on the
 kept singular directions ⇔ Dᵀ∇_X C = 0. Rate (derived): X' = −U σf(σ) Uᵀ ∇_X C with
-σf_α(σ) = (1 − α)σ² + α ≥ α, so at full row rank C(s) ≤ e^{−2ακs} C(0) for the squared loss.
+σf_α(σ) = (1 − α)σ² + α ≥ α, so at full row rank C(s) ≤ e^{−2ακs} C(0) for the squared loss,
+and the slowest mode decays at 2κ(α + (1 − α)σ_min²).
 """
 
 import abc
@@ -15,10 +16,16 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
-from .flows import FLOWS, AbstractFlow
-from .geometry import default_rcond, jacobian_svd
+from ..linalg import FACTOR_MAX_CONDITION, default_rcond, jacobian_svd
+from ._base import AbstractFlow
+
+
+def _as_array(a):
+    # a numpy scalar array: an array leaf (traced under jit) without starting the JAX backend
+    return a if isinstance(a, (jax.Array, jax.core.Tracer)) else np.asarray(a, dtype=float)
 
 
 class AbstractSpectralFilter(eqx.Module):
@@ -45,7 +52,7 @@ class HomotopyFlow(AbstractFlow):
     SVD of the QN × K Jacobian per evaluation. α is an array leaf: one compiled solve serves
     every α."""
 
-    alpha: Float[Array, ""] = eqx.field(converter=lambda a: jnp.asarray(a, float), default=0.5)
+    alpha: Float[Array, ""] = eqx.field(converter=lambda a: _as_array(a), default=0.5)
     filter: AbstractSpectralFilter | Callable | None = eqx.field(static=True, default=None)
     rcond: float | None = eqx.field(static=True, default=None)
 
@@ -61,8 +68,12 @@ class HomotopyFlow(AbstractFlow):
 
     @property
     def inverts_jacobian(self) -> bool:
-        # only the default filter at α = 0 (the standard flow) is safe where σ → 0
+        """Whether the field divides by σ (all but the default filter at α = 0)."""
         return self.filter is not None or float(self.alpha) > 0
+
+    def default_max_condition(self, problem):
+        # the SVD of D resolves cond(D) itself, not its square
+        return FACTOR_MAX_CONDITION if self.inverts_jacobian else None
 
     @property
     def spectral_filter(self) -> Callable:
@@ -76,10 +87,12 @@ class HomotopyFlow(AbstractFlow):
         f = self.spectral_filter(jnp.where(keep, s, 1.0))
         return -vt.T @ jnp.where(keep, f * (u.T @ g), 0.0)
 
+    def mode_rates(self, problem, sigma):
+        safe = jnp.where(sigma > 0, sigma, 1.0)
+        return problem.kappa * jnp.where(sigma > 0, safe * self.spectral_filter(safe), 0.0)
 
-def homotopy_rate_bound(alpha: float, kappa: float) -> float:
-    """2ακ: C(s) ≤ e^{−2ακs} C(0) along the default homotopy at full row rank."""
-    return 2.0 * alpha * kappa
-
-
-FLOWS["homotopy"] = HomotopyFlow
+    def rate_bound(self, problem):
+        bound = super().rate_bound(problem)
+        if bound == 0.0 and self.filter is None:
+            return 2.0 * float(self.alpha) * problem.kappa
+        return bound

@@ -26,6 +26,8 @@ from importlib import metadata
 
 import numpy as np
 
+from .records import parse_value
+
 __all__ = ["RunStore", "StoreError", "atomic_write", "read_summary"]
 
 
@@ -178,7 +180,8 @@ class RunStore:
                 diffs = [
                     f"{k}: {before.get(k, '<unset>')!r} -> {after.get(k, '<unset>')!r}"
                     for k in sorted(set(before) | set(after))
-                    if before.get(k) != after.get(k) and k not in ("output.dir", "description")
+                    if before.get(k) != after.get(k)
+                    and k not in ("output.dir", "output.columns", "description")
                 ]
                 raise StoreError(
                     f"{path} holds results of a different config (fingerprint {old}, this "
@@ -186,6 +189,8 @@ class RunStore:
                     + ("; ".join(diffs[:8]) or "(none in values: format change)")
                     + ". Use another --out folder, or delete this one to start over."
                 )
+            # same results: refresh what only shapes the output (description, report columns)
+            atomic_write(os.path.join(path, "config.json"), _json(config))
             store.manifest["sessions"].append({"start": now(), "end": None, **environment()})
             store._write_manifest()
             return store
@@ -249,20 +254,11 @@ def _fmt(v):
 
 
 def read_summary(path: str) -> list[dict]:
-    """summary.csv as a list of dicts, numbers parsed."""
+    """summary.csv as a list of dicts, each value parsed to its RunRecord column's type."""
     if os.path.isdir(path):
         path = os.path.join(path, "summary.csv")
     if not os.path.isfile(path):
         raise StoreError(f"no summary at {path}: has the run finished any cell?")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-
-    def parse(v):
-        for t in (int, float):
-            try:
-                return t(v)
-            except ValueError:
-                pass
-        return v
-
-    return [{k: parse(v) for k, v in r.items()} for r in rows]
+    return [{k: parse_value(k, v) for k, v in r.items()} for r in rows]

@@ -1,7 +1,8 @@
 """Figures of a run folder (matplotlib, Agg backend), each written as PNG and PDF.
 
-- decay: log10 C(s)/C(0) against s, one panel per flow, one colour per cell, thin lines per
-  seed, the predicted curve e^{−r s} (r = predicted rate at the start) dashed;
+- decay: log10 (C(s) − C_min)/(C(0) − C_min) against s, one panel per flow, one colour per cell,
+  thin lines per seed, dashed the flow's own predicted curve from θ0 (`predicted_cost`: e^{−2κs}
+  for the adapted flow, the NTK curve (κ/2)|e^{−κΘs}r0|² for the standard flow);
 - rates: the fitted rate / 2κ against the swept axis (width by default), per flow, with the
   prediction (2κ for the adapted flow, 2κ·λ_min(Θ) at start and end for the standard flow);
 - stopping_time: measured T_ε against predicted, with the diagonal;
@@ -81,24 +82,26 @@ def plot_run(run_dir: str, out_dir: str | None = None, dpi: int = 110) -> list[s
                 continue
             a = store.load_arrays(cid)
             col = colour[_label(first, arch_keys)]
-            t_max = 0.0
+            c_min = float(a["cost_min"]) if "cost_min" in a else 0.0
             for i in range(a["cost"].shape[0]):
                 ok = a["valid"][i] & np.isfinite(a["cost"][i])
                 t = np.append(a["ts"][i][ok], a["t_final"][i])
-                c = np.append(a["cost"][i][ok], a["cost_final"][i]) / a["cost0"][i]
+                scale = a["cost0"][i] - c_min
+                c = (np.append(a["cost"][i][ok], a["cost_final"][i]) - c_min) / scale
                 ax.plot(t, np.log10(np.maximum(c, 1e-300)), color=col, lw=0.8, alpha=0.7,
                         label=_label(first, arch_keys) if i == 0 else None)
-                t_max = max(t_max, float(t[-1]))
-            rates = np.array([r["predicted_rate_start"] for r in by_cell[cid]], float)
-            rate = np.median(rates[np.isfinite(rates)]) if np.any(np.isfinite(rates)) else np.nan
-            if np.isfinite(rate):
-                s = np.linspace(0, t_max, 50)
-                ax.plot(s, -rate * s / math.log(10), "--", color="k", lw=1.0, alpha=0.8,
-                        zorder=3, label="theory, rate at s = 0" if cid == first_cell[flow] else None)
+                if "predicted_cost" in a:  # the flow's own prediction (NTK curve, e^{−2κs}, …)
+                    p = a["predicted_cost"][i][ok] / scale
+                    shown = np.isfinite(p) & (p > 0)
+                    if np.any(shown):
+                        ax.plot(a["ts"][i][ok][shown], np.log10(p[shown]), "--", color="k",
+                                lw=0.9, alpha=0.6, zorder=3,
+                                label="theory (linearised at θ0)"
+                                if cid == first_cell[flow] and i == 0 else None)
         ax.set_title(f"{flow} (dashed: theory)")
         ax.set_xlabel("s")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("log10 C(s)/C(0)")
+    axes[0][0].set_ylabel("log10 (C(s) − C_min)/(C(0) − C_min)")
     for ax in axes[0]:
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
@@ -204,7 +207,8 @@ def plot_run(run_dir: str, out_dir: str | None = None, dpi: int = 110) -> list[s
     if missing:
         ax.set_title(f"{missing} runs without a prediction or crossing (not shown)", fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     paths += _save(fig, out_dir, "stopping_time", dpi)
     plt.close(fig)

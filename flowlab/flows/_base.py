@@ -1,0 +1,107 @@
+"""The flow interface: a vector field θ' = F(θ) that also states what the theory predicts for it."""
+
+import abc
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ..linalg import auto_gram, singular_values
+from ..problem import SquaredLoss
+
+
+def linear_theory_applies(problem) -> bool:
+    """The predictions below linearise X' = −(output velocity) for C = (κ/2)|X − Y|²."""
+    return isinstance(problem.loss, SquaredLoss)
+
+
+@eqx.filter_jit
+def _start_spectrum(problem, theta0):
+    """Eigenvalues λ_i (ascending) of Θ(θ0) = DDᵀ and the coordinates Uᵀ(X(θ0) − Y)."""
+    gram, _ = auto_gram(problem)(problem, theta0)
+    lam, u = jnp.linalg.eigh(gram)
+    return jnp.clip(lam, 0.0), u.T @ problem.residual(theta0)
+
+
+class AbstractFlow(eqx.Module):
+    r"""A vector field on θ-space defined by a problem, and its theory.
+
+    Every flow of the paper's family moves each output mode along a singular direction u_i of
+    D = U Σ Vᵀ independently: θ' = −V f(Σ) Uᵀ∇_X C gives X' = −U σf(σ) Uᵀ∇_X C, so for the
+    squared loss, linearised at θ0 (Θ frozen: exact in the lazy limit), the residual's i-th
+    mode decays at rate m_i = κσ_i f(σ_i) (`mode_rates`) and
+    C(s) = (κ/2) Σ_i (u_iᵀ r0)² e^{−2 m_i s} (`predicted_cost`). A subclass states m_i, or
+    overrides the predictions; without either it predicts nothing (NaN).
+    """
+
+    @abc.abstractmethod
+    def velocity(self, problem, theta: Float[Array, " K"]) -> Float[Array, " K"]:
+        """θ' at θ."""
+
+    def __call__(self, t, theta, problem):
+        return self.velocity(problem, theta)
+
+    def output_velocity(self, problem, theta: Float[Array, " K"]) -> Float[Array, " QN"]:
+        """X' = D θ', by one Jacobian–vector product."""
+        return jax.jvp(problem.outputs, (theta,), (self.velocity(problem, theta),))[1]
+
+    def check(self, problem) -> None:
+        """Raise a ValueError when the flow cannot apply to the problem."""
+
+    def at_start(self, problem, theta0: Float[Array, " K"]) -> "AbstractFlow":
+        """The flow for a run from θ0 (for flows defined by the start, e.g. interpolation)."""
+        return self
+
+    def default_max_condition(self, problem) -> float | None:
+        """The σ_max/σ_min(D) guard `simulate` applies by default: the condition number the
+        flow's solve resolves; None for flows that do not invert D."""
+        return None
+
+    # --- theory -------------------------------------------------------------------------------
+    def mode_rates(self, problem, sigma: Float[Array, " r"]) -> Float[Array, " r"]:
+        """m_i = κσ_i f(σ_i): the decay rate of the residual along each singular value σ_i of D
+        (ascending), NaN where the flow states none."""
+        return jnp.full_like(sigma, jnp.nan)
+
+    def rate_bound(self, problem) -> float:
+        """A rate r with C(s) ≤ e^{−rs} C(0) on every orbit at full row rank (0: none holds;
+        NaN: the theory says nothing here)."""
+        return 0.0 if linear_theory_applies(problem) and problem.overparametrised else math.nan
+
+    def predicted_rate(self, problem, theta: Float[Array, " K"]) -> float:
+        """The decay rate of C the theory predicts at θ: 2·m_min, the slowest mode's rate (NaN
+        when K < QN, where C(∞) > 0 in general, or for other losses)."""
+        return self.rate_at(problem, singular_values(problem, theta))
+
+    def rate_at(self, problem, sigma: Float[Array, " r"]) -> float:
+        """`predicted_rate` from the singular values σ of D (ascending) at the point."""
+        if not (linear_theory_applies(problem) and problem.overparametrised):
+            return math.nan
+        return float(2.0 * jnp.min(self.mode_rates(problem, jnp.asarray(sigma))))
+
+    def predicted_cost(self, problem, theta0: Float[Array, " K"], ts, step_size: float | None = None):
+        """The linearised cost curve from θ0 at times `ts`:
+        C(s) = (κ/2) Σ_i (u_iᵀ r0)² e^{−2 m_i s} for the flow, with (1 − h m_i)^{2s/h} in place
+        of e^{−2 m_i s} for Euler steps of size h = step_size; modes outside range D (λ_i = 0)
+        keep their cost. NaN for losses other than the squared loss."""
+        ts = np.asarray(ts, float)
+        if not linear_theory_applies(problem):
+            return np.full(ts.shape, np.nan)
+        lam, coeff = (np.asarray(a) for a in _start_spectrum(problem, theta0))
+        sigma = np.sqrt(lam)
+        rates = np.asarray(self.mode_rates(problem, jnp.asarray(sigma)))
+        rates = np.where(lam > _rank_floor(lam), rates, 0.0)
+        if step_size is None:
+            decay = np.exp(-2.0 * rates[:, None] * ts[None, :])
+        else:
+            decay = np.abs(1.0 - step_size * rates[:, None]) ** (2.0 * ts[None, :] / step_size)
+        return 0.5 * problem.kappa * np.sum(coeff[:, None] ** 2 * decay, axis=0)
+
+
+def _rank_floor(lam):
+    """Eigenvalues of a Gram below √(eps·r)²·λ_max count as zero (cf. `numerical_rank`)."""
+    eps = np.finfo(lam.dtype).eps
+    return eps * lam.size * np.max(lam, initial=0.0)

@@ -1,0 +1,242 @@
+"""Every integrator setting, its default, its check and its meaning, written once.
+
+`IntegratorOptions` is consumed by `simulate`, `euler_steps`, the config schema (which derives its
+[integrator] keys, checks and defaults from the fields below) and the study runner. Numbers are
+arrays once resolved (traced: changing them does not recompile); switches are static.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+#: ODE solvers by name (see `make_solver`); implicit ones get a matrix-free Newton–GMRES.
+EXPLICIT_SOLVERS = ("bosh3", "dopri5", "dopri8", "euler", "heun", "tsit5")
+IMPLICIT_SOLVERS = ("kvaerno3", "kvaerno5")
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A value check: `parse(value)` returns the value or raises ValueError; `expected` says what
+    is accepted (used verbatim in config errors)."""
+
+    expected: str
+    parse: Callable[[Any], Any]
+    optional: bool = False
+
+    def __call__(self, value):
+        if value is None:
+            if self.optional:
+                return None
+            raise ValueError(f"expected {self.expected}, got None")
+        return self.parse(value)
+
+
+def _number(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError
+    return v
+
+
+def _positive(v):
+    v = _number(v)
+    if v <= 0:
+        raise ValueError
+    return v
+
+
+def _fraction(v):
+    v = _positive(v)
+    if v >= 1:
+        raise ValueError
+    return v
+
+
+def _integer(lo):
+    def parse(v):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError
+        return int(v)
+
+    return parse
+
+
+def _boolean(v):
+    if not isinstance(v, (bool, np.bool_)):
+        raise ValueError
+    return bool(v)
+
+
+def _solver(v):
+    if v not in EXPLICIT_SOLVERS + IMPLICIT_SOLVERS:
+        raise ValueError
+    return v
+
+
+def _times(v):
+    if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray)):
+        raise ValueError
+    ts = tuple(_number(x) for x in np.asarray(v, dtype=object).ravel())
+    if len(ts) < 2 or ts[0] < 0 or any(b <= a for a, b in zip(ts, ts[1:])):
+        raise ValueError
+    return ts
+
+
+def _condition(v):
+    return v if v == "auto" else _positive(v)
+
+
+POSITIVE = Check("a positive number", _positive)
+OPTIONAL_POSITIVE = Check("a positive number, or off", _positive, optional=True)
+OPTIONAL_FRACTION = Check("a number in (0, 1), or off", _fraction, optional=True)
+COUNT = Check("an integer >= 1", _integer(1))
+SAVES = Check("an integer >= 2", _integer(2))
+BOOL = Check("true or false", _boolean)
+SOLVER = Check(f"one of {list(EXPLICIT_SOLVERS + IMPLICIT_SOLVERS)}", _solver)
+TIMES = Check("a list of >= 2 increasing times >= 0, or off", _times, optional=True)
+CONDITION = Check("a positive number, 'auto' (the flow's solve decides) or off", _condition,
+                  optional=True)
+
+
+def setting(default, doc: str, check: Check, *, static: bool = False, config: bool = True):
+    """A field of IntegratorOptions: its default, meaning and check, and whether a config may
+    set it."""
+    return eqx.field(default=default, static=static,
+                     metadata={"doc": doc, "check": check, "config": config})
+
+
+class IntegratorOptions(eqx.Module):
+    """How to integrate a flow: by diffrax (`simulate`) or by Euler steps (`euler_steps`).
+
+    Build with keywords (each checked here, with a ValueError naming the setting) or
+    `IntegratorOptions().replace(**changes)`; `resolve(problem, flow)` turns it into the form
+    the compiled solve takes. `fields()` lists the settings with their docs.
+    """
+
+    # --- the ODE (simulate) ---------------------------------------------------------------
+    t1: float = setting(10.0, "end of the integration in s (simulate)", POSITIVE)
+    ts: tuple | None = setting(None, "save times in [0, t1] (off: num_saves equally spaced)",
+                               TIMES)
+    num_saves: int = setting(101, "number of equally spaced save times when ts is off", SAVES,
+                             static=True)
+    solver: str = setting("tsit5", "diffrax solver; implicit Kvaerno uses Newton with "
+                          "matrix-free GMRES", SOLVER, static=True)
+    rtol: float = setting(1e-8, "relative tolerance of the PID step-size controller", POSITIVE)
+    atol: float = setting(1e-8, "absolute tolerance of the PID step-size controller", POSITIVE)
+    dt0: float | None = setting(None, "first step (off: diffrax chooses)", OPTIONAL_POSITIVE)
+    max_steps: int = setting(100_000, "step budget of one solve", COUNT, static=True)
+    # --- stops, shared by both ------------------------------------------------------------
+    cost_target: float | None = setting(None, "stop at C <= this", OPTIONAL_POSITIVE)
+    cost_target_relative: float | None = setting(
+        None, "stop at C <= this·C(θ0); with t1 = 'auto' in a config also the ε of T_ε",
+        OPTIONAL_FRACTION)
+    sigma_min_tol: float | None = setting(None, "stop when σ_min(D) < this (rank loss)",
+                                          OPTIONAL_POSITIVE)
+    max_condition: float | str | None = setting(
+        "auto", "stop when σ_max/σ_min(D) > this (rank loss); 'auto': what the flow's solve "
+        "resolves (1e7 through the Gram, 1e10 through QR/SVD of D), off for flows that do "
+        "not invert D", CONDITION)
+    theta_norm_max: float | None = setting(1e6, "stop when |θ| > this", OPTIONAL_POSITIVE)
+    check_finite: bool = setting(True, "stop when the field is not finite (one extra field "
+                                 "evaluation per step)", BOOL, static=True)
+    diagnostics: bool = setting(True, "save σ_min, σ_max and the rank of D at each save", BOOL,
+                                static=True)
+    save_theta: bool = setting(False, "save θ itself (K numbers per save)", BOOL, static=True)
+    extras: tuple = setting((), "(name, fn(problem, flow, θ)) pairs saved into "
+                            "Trajectory.extras", Check("pairs", tuple), static=True,
+                            config=False)
+    progress: bool = setting(False, "a tqdm progress bar over s", BOOL, static=True,
+                             config=False)
+    # --- Euler steps (euler_steps) ----------------------------------------------------------
+    step_size: float | None = setting(None, "Euler step h (off: 1/κ, the Gauss–Newton step)",
+                                      OPTIONAL_POSITIVE)
+    num_steps: int = setting(50, "Euler step budget", COUNT, static=True)
+    backtracking: bool = setting(False, "halve an Euler step until the cost decreases", BOOL,
+                                 static=True)
+    max_backtracks: int = setting(30, "at most this many halvings per step", COUNT, static=True)
+
+    def __check_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if _resolved(value):
+                continue
+            try:
+                f.metadata["check"](value)
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"integrator setting {f.name} = {value!r}: expected "
+                    f"{f.metadata['check'].expected}") from None
+        if self.ts is not None and not _resolved(self.ts) and float(self.ts[-1]) > float(self.t1):
+            raise ValueError(f"integrator setting ts: save times must lie in [0, t1 = {self.t1}], "
+                             f"got up to {self.ts[-1]}")
+
+    @classmethod
+    def fields(cls) -> dict[str, dataclasses.Field]:
+        """The settings by name (metadata: doc, check, config)."""
+        return {f.name: f for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def build(cls, options: "IntegratorOptions | None" = None, **changes) -> "IntegratorOptions":
+        """`options` (default: the defaults) with `changes`; unknown names are a TypeError that
+        lists the settings."""
+        unknown = sorted(set(changes) - set(cls.fields()))
+        if unknown:
+            raise TypeError(f"unknown integrator setting(s) {unknown}; the settings are "
+                            f"{sorted(cls.fields())}")
+        if "ts" in changes and changes["ts"] is not None:
+            ts = changes["ts"]
+            changes["ts"] = tuple(float(t) if _is_number(t) else t
+                                  for t in np.asarray(ts, dtype=object).ravel()) if _is_sequence(ts) else ts
+        if "extras" in changes:
+            changes["extras"] = tuple(sorted(dict(changes["extras"] or {}).items()))
+        options = cls() if options is None else options
+        return dataclasses.replace(options, **changes)
+
+    def save_times(self) -> np.ndarray:
+        """The save times of the ODE: ts, or num_saves equally spaced in [0, t1]."""
+        if self.ts is not None:
+            return np.asarray(self.ts, float)
+        return np.linspace(0.0, float(self.t1), self.num_saves)
+
+    def resolve(self, problem, flow) -> "IntegratorOptions":
+        """Numbers as arrays of θ's dtype (traced), 'auto' condition and 1/κ step decided, save
+        times materialised: the form the compiled solves take."""
+        dtype = problem.theta0.dtype
+        max_condition = self.max_condition
+        if max_condition == "auto":
+            max_condition = flow.default_max_condition(problem)
+        step = 1.0 / problem.kappa if self.step_size is None else self.step_size
+        num = lambda v: None if v is None else jnp.asarray(v, dtype)  # noqa: E731
+        return dataclasses.replace(
+            self, t1=num(self.t1), rtol=num(self.rtol), atol=num(self.atol), dt0=num(self.dt0),
+            cost_target=num(self.cost_target),
+            cost_target_relative=num(self.cost_target_relative),
+            sigma_min_tol=num(self.sigma_min_tol), max_condition=num(max_condition),
+            theta_norm_max=num(self.theta_norm_max), step_size=num(step),
+            ts=jnp.asarray(self.save_times(), dtype),
+        )
+
+    @property
+    def any_guard(self) -> bool:
+        """Whether a per-step degeneration check is on."""
+        return (self.theta_norm_max is not None or self.check_finite
+                or self.sigma_min_tol is not None or self.max_condition is not None)
+
+
+def _is_sequence(v) -> bool:
+    return isinstance(v, (Sequence, np.ndarray)) and not isinstance(v, (str, bytes))
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _resolved(value) -> bool:
+    return isinstance(value, jnp.ndarray) or hasattr(value, "aval")

@@ -1,0 +1,32 @@
+"""What both integrators save at each save point, and the cost target they stop at."""
+
+import jax.numpy as jnp
+
+from ..linalg import numerical_rank, singular_values
+from ._options import IntegratorOptions
+
+
+def saved_statistics(problem, flow, theta, outputs, opts: IntegratorOptions) -> dict:
+    """The cost, outputs and |θ| at θ; σ_min, σ_max and rank of D (NaN without diagnostics);
+    θ with save_theta; the extras."""
+    nan = jnp.full((), jnp.nan, theta.dtype)
+    out = {"cost": problem.loss(outputs, problem.targets), "outputs": outputs,
+           "theta_norm": jnp.linalg.norm(theta), "sigma_min": nan, "sigma_max": nan, "rank": nan}
+    if opts.diagnostics:
+        sigma = singular_values(problem, theta)
+        out.update(sigma_min=sigma[0], sigma_max=sigma[-1],
+                   rank=numerical_rank(sigma).astype(theta.dtype))
+    if opts.save_theta:
+        out["theta"] = theta
+    out["extras"] = {name: fn(problem, flow, theta) for name, fn in opts.extras}
+    return out
+
+
+def cost_target(opts: IntegratorOptions, cost0):
+    """The cost to stop at: the larger of cost_target and cost_target_relative·C(θ0); None
+    when neither is set."""
+    targets = [t for t in (opts.cost_target, None if opts.cost_target_relative is None
+                           else opts.cost_target_relative * cost0) if t is not None]
+    if not targets:
+        return None
+    return jnp.max(jnp.stack(targets)) if len(targets) > 1 else targets[0]

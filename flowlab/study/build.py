@@ -1,0 +1,92 @@
+"""From a cell of a Study to the objects of the maths core: dataset, models, problem, flow and
+integrator options. Nothing here runs anything."""
+
+import inspect
+
+import jax.random as jr
+
+from .. import theory
+from ..data import GENERATORS, Dataset, load_csv, load_npz
+from ..flows import FLOWS
+from ..integrate import IntegratorOptions
+from ..losses import LOSSES
+from ..nets import MLP
+from ..problem import LeastSquaresProblem
+
+
+def make_dataset(study, values: dict) -> Dataset:
+    d = study.config["data"]
+    if d["file"] is not None:
+        if d["file"].endswith(".npz"):
+            ds = load_npz(d["file"], d["inputs_key"], d["targets_key"])
+        else:
+            ds = load_csv(d["file"], d["num_targets"])
+        return ds
+    gen = GENERATORS[d["generator"]]
+    key = jr.key(d["seed"])
+    kwargs = dict(d["params"])
+    if "num_classes" in _params(gen):
+        kwargs["num_classes"] = values["out_size"]
+    else:
+        kwargs["out_size"] = values["out_size"]
+    if "hidden" in kwargs:
+        kwargs["hidden"] = tuple(kwargs["hidden"])
+    return gen(key, values["num_points"], values["in_size"], **kwargs)
+
+
+def _params(fn):
+    return inspect.signature(fn).parameters
+
+
+def hidden_widths(study, values: dict) -> tuple[int, ...]:
+    m = study.config["model"]
+    if m["widths"] is not None:
+        return tuple(m["widths"])
+    return (values["width"],) * values["depth"]
+
+
+_MODEL_STREAM = 0x6D6F6465  # "mode": a fixed 32-bit stream tag
+
+
+def make_models(study, values: dict, dataset: Dataset):
+    m = study.config["model"]
+    # a stream of its own: split(key(s), n)[i] equals fold_in(key(s), i), so without it a teacher
+    # generated from data.seed = s would be model i of sweep.seed = s (C(0) = 0)
+    base = jr.fold_in(jr.key(study.config["sweep"]["seed"]), _MODEL_STREAM)
+    hidden = hidden_widths(study, values)
+    return [
+        MLP(dataset.in_size, dataset.out_size, hidden, values["activation"],
+            use_bias=m["use_bias"], parametrization=m["parametrization"],
+            weight_std=m["weight_std"], bias_std=m["bias_std"], key=jr.fold_in(base, i))
+        for i in range(values["seeds"])
+    ]
+
+
+def make_problem(study, model, dataset: Dataset) -> LeastSquaresProblem:
+    loss = study.config["loss"]
+    if loss["kind"] == "squared":
+        kappa = None if loss["kappa"] == "1/N" else float(loss["kappa"])
+        return LeastSquaresProblem(model, dataset, kappa=kappa)
+    cls = LOSSES[loss["kind"]]
+    return LeastSquaresProblem(model, dataset, loss=cls(**loss["params"]))
+
+
+def make_flow(study, name: str):
+    spec = study.config["flows"][name]
+    return FLOWS[spec["kind"]](**spec["params"])
+
+
+
+def make_options(study, values: dict, kappa: float) -> IntegratorOptions:
+    """The cell's IntegratorOptions: the config's [integrator] settings, t1 = 'auto' resolved to
+    t1_factor·ln(1/ε)/(2κ), the a priori T_ε of the adapted flow, and the cell's step size."""
+    integ = study.config["integrator"]
+    settings = {k: integ[k] for k in IntegratorOptions.fields() if k in integ}
+    settings["step_size"] = values["step_size"]
+    if integ["t1"] == "auto":
+        eps = integ["cost_target_relative"] or study.config["analysis"]["epsilon"]
+        settings["t1"] = integ["t1_factor"] * theory.stopping_time(1.0, eps, kappa)
+    if integ["method"] == "euler":
+        settings["t1"] = IntegratorOptions().t1  # unused by Euler steps
+        settings["ts"] = None
+    return IntegratorOptions.build(**settings)
