@@ -8,28 +8,14 @@
 
 import argparse
 import os
+import shlex
 import sys
 
 __all__ = ["main"]
 
 
-def _fast_compile() -> None:
-    """On CPU, compile with XLA's backend optimisation level 0 (FLOWLAB_XLA_OPT_LEVEL): a
-    diffrax solve then compiles 3-4x faster, and the run time of these small problems is
-    dominated by BLAS calls that the level does not touch. Must precede backend start-up."""
-    import importlib.util
-
-    level = os.environ.get("FLOWLAB_XLA_OPT_LEVEL", "0")
-    flags = os.environ.get("XLA_FLAGS", "")
-    gpu = any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin",
-                                                     "jax_rocm60_plugin"))
-    if level not in ("", "default") and "xla_backend_optimization_level" not in flags and not gpu:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level={level}".strip()
-
-
 def _set_precision(precision: str) -> None:
     # Must happen before any JAX array exists: x64 is a process-wide switch.
-    _fast_compile()
     import jax
 
     jax.config.update("jax_enable_x64", precision == "float64")
@@ -38,39 +24,68 @@ def _set_precision(precision: str) -> None:
         try:
             os.makedirs(cache, exist_ok=True)
             jax.config.update("jax_compilation_cache_dir", cache)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+            # every executable, not only those over 1 s: a study compiles ~80 small functions
+            # (diagnostics, θ0, statistics) per shape; cached, a warm tiny run takes half the time
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         except (OSError, AttributeError):
-            pass
+            return
+        _checks_without_callbacks()
+
+
+_debug = False  # --debug: equinox keeps raising its checks
+
+
+def _checks_without_callbacks() -> None:
+    """Let the persistent cache hold the compiled solves. JAX never stores an executable with
+    host callbacks, and every diffrax solve has two: `eqx.error_if` checks of the save times
+    (increasing, within [t0, t1]), which raise through a callback because the times are traced.
+    The config has checked them before any solve (IntegratorOptions), so this process makes
+    equinox's failed checks NaN the result instead (EQX_ON_ERROR=nan semantics; no callback).
+    Measured on `configs/quickstart.toml`, fresh folder: see the README. An explicit
+    EQX_ON_ERROR (or --debug) keeps equinox's own setting."""
+    if "EQX_ON_ERROR" in os.environ or _debug:
+        return
+    try:
+        import equinox._errors as eqx_errors
+    except ImportError:
+        return
+    if getattr(eqx_errors, "EQX_ON_ERROR", None) == "raise":
+        eqx_errors.EQX_ON_ERROR = "nan"
 
 
 def _err(msg: str) -> int:
-    print(f"flowlab: error: {msg}", file=sys.stderr)
+    print(f"flowlab: error: {' '.join(str(msg).splitlines())}", file=sys.stderr)  # one line
     return 2
 
 
 def cmd_run(args) -> int:
-    _fast_compile()  # XLA reads its flags when the backend starts: before anything else
     from .study.config import ConfigError, load_config
 
     try:
         study = load_config(args.config, args.overrides)
     except ConfigError as e:
         return _err(str(e))
-    _set_precision(study.config["precision"])
-    from .study.report import aggregate, table
-    from .study.runner import run_study
-    from .study.store import StoreError
+    from .study.store import StoreError, check_run_folder
 
     if args.jobs < 1:
         return _err(f"--jobs must be >= 1, got {args.jobs}")
     out = args.out or study.out_dir
     try:
-        store = run_study(study, out, progress=not args.quiet, jobs=args.jobs)
+        check_run_folder(out)  # before the JAX backend starts or anything is written
     except StoreError as e:
         return _err(str(e))
+    _set_precision(study.config["precision"])
+    from .study.report import aggregate, table
+    from .study.runner import run_study
+
+    try:
+        store = run_study(study, out, progress=not args.quiet, jobs=args.jobs)
+    except (StoreError, ConfigError) as e:
+        return _err(str(e))
     except KeyboardInterrupt:
+        command = shlex.join(["flowlab", "run", args.config, *args.overrides, "--out", out])
         print(f"\ninterrupted; finished cells are kept. Rerun the same command to resume:\n"
-              f"  flowlab run {args.config} {' '.join(args.overrides)} --out {out}", file=sys.stderr)
+              f"  {command}", file=sys.stderr)
         return 130
     cells = store.manifest["cells"]
     done = sum(c["status"] == "done" for c in cells.values())
@@ -86,17 +101,32 @@ def cmd_run(args) -> int:
         print(table(aggregate(store.rows()), only=study.config["output"]["columns"]))
     for k, e in failed.items():
         print(f"cell {k} failed: {e}", file=sys.stderr)
-    return 1 if failed else 0
+    runs_failed = [r for r in store.rows() if r.get("failure")]
+    for r in runs_failed:
+        print(f"run {r['cell']} seed {r['seed']} failed: {r['failure']}", file=sys.stderr)
+    if runs_failed:
+        print(f"{len(runs_failed)} of {len(store.rows())} runs failed (exit code 3)",
+              file=sys.stderr)
+    return 1 if failed else 3 if runs_failed else 0
 
 
 def cmd_plot(args) -> int:
     from .study.plots import plot_run
-    from .study.store import StoreError
+    from .study.store import RunStore, StoreError
 
     try:
+        store = RunStore(args.run)
+        for note in store.check():  # damaged files are named, not plotted
+            print(f"flowlab: {note}", file=sys.stderr)
+        if not store.rows():
+            return _err(f"{store.path} has no finished cell to plot")
         paths = plot_run(args.run, args.out)
     except StoreError as e:
         return _err(str(e))
+    except OSError as e:
+        where = e.filename or args.out or os.path.join(args.run, "figures")
+        return _err(f"cannot write the figures to {where}: {e.strerror or e}; pass --out DIR "
+                    "to write them elsewhere")
     for p in paths:
         print(p)
     return 0
@@ -104,16 +134,19 @@ def cmd_plot(args) -> int:
 
 def cmd_report(args) -> int:
     from .study.report import aggregate, table
-    from .study.store import RunStore, StoreError, atomic_write, read_summary
+    from .study.store import RunStore, StoreError, atomic_write
 
     try:
         store = RunStore(args.run)
-        rows = read_summary(args.run)
+        for note in store.check():  # damaged files are named, not reported
+            print(f"flowlab: {note}", file=sys.stderr)
+        rows = store.summary_rows()  # from the verified cells
+        only = None if args.all_columns else (store.config.get("output") or {}).get("columns")
     except StoreError as e:
         return _err(str(e))
+    if not rows:
+        return _err(f"{store.path} has no finished cell to report")
     table_rows = rows if args.seeds else aggregate(rows)
-    only = None if args.all_columns else store.config["output"].get("columns")
-    print(table(table_rows, aggregated=not args.seeds, only=only))
     md_path = args.markdown or os.path.join(store.path, "report.md")
     cells = store.manifest["cells"]
     done = sum(c["status"] == "done" for c in cells.values())
@@ -128,7 +161,11 @@ def cmd_report(args) -> int:
         p = os.path.join(fig_dir, f"{name}.png")
         if os.path.isfile(p):
             text.append(f"![{name}]({os.path.relpath(p, os.path.dirname(os.path.abspath(md_path)))})")
-    atomic_write(md_path, "\n".join(text) + "\n")
+    try:  # written before the table is printed: a failure is one message, not half a report
+        atomic_write(md_path, "\n".join(text) + "\n")
+    except StoreError as e:
+        return _err(f"{e}; pass --markdown FILE to write the report elsewhere")
+    print(table(table_rows, aggregated=not args.seeds, only=only))
     print(f"\nmarkdown: {md_path}")
     return 0
 
@@ -155,8 +192,12 @@ def cmd_info(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flowlab", description="Training as ODEs: config-driven studies "
                                 "of the adapted gradient flow against the standard one.")
+    debug_help = "show the Python traceback of an error (and let equinox raise its checks)"
+    p.add_argument("--debug", action="store_true", help=debug_help)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run (or resume) a study")
+    r = sub.add_parser("run", help="run (or resume) a study", parents=[common])
     r.add_argument("config", help="TOML config file")
     r.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="override config entries; values are TOML (strings may be bare)")
@@ -167,26 +208,56 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
     r.add_argument("--quiet", action="store_true", help="no progress bar or table")
     r.set_defaults(fn=cmd_run)
-    pl = sub.add_parser("plot", help="draw a run's figures (PNG and PDF)")
+    pl = sub.add_parser("plot", help="draw a run's figures (PNG and PDF)", parents=[common])
     pl.add_argument("run", help="run folder")
     pl.add_argument("--out", help="figure folder (default RUN/figures)")
     pl.set_defaults(fn=cmd_plot)
-    rep = sub.add_parser("report", help="print the summary table and write Markdown")
+    rep = sub.add_parser("report", help="print the summary table and write Markdown", parents=[common])
     rep.add_argument("run", help="run folder")
     rep.add_argument("--seeds", action="store_true", help="one row per seed, not per cell")
     rep.add_argument("--markdown", help="Markdown file (default RUN/report.md)")
     rep.add_argument("--all-columns", action="store_true",
                      help="every column, not only the config's output.columns")
     rep.set_defaults(fn=cmd_report)
-    inf = sub.add_parser("info", help="versions, devices, float64 status")
+    inf = sub.add_parser("info", help="versions, devices, float64 status", parents=[common])
     inf.add_argument("--float32", action="store_true", help=argparse.SUPPRESS)
     inf.set_defaults(fn=cmd_info)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.fn(args)
+    """Exit codes: 0 done, 1 some cells failed (or an internal error), 2 bad input (config,
+    data file, run folder, file system), 3 some runs failed (max_steps, a non-finite field or
+    start, a solver failure, or an adapted run that missed the cost target its T_ε promised),
+    130 interrupted. Errors are one line naming the path;
+    `--debug` shows the traceback instead."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "run" and not any(a.startswith("-") for a in extra):
+        args.overrides += extra  # overrides after options: run CONFIG --out DIR key=value
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    global _debug
+    _debug = args.debug
+    if args.debug:
+        return args.fn(args)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("\nflowlab: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 -- no traceback reaches the user without --debug
+        from .data import DataFileError
+        from .study.config import ConfigError
+        from .study.store import StoreError
+
+        if isinstance(e, (ConfigError, DataFileError, StoreError)):
+            return _err(str(e))
+        if isinstance(e, OSError):
+            where = f"{e.filename}: " if e.filename else ""
+            return _err(f"{where}{e.strerror or e}")
+        _err(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,11 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "erf": jax.scipy.special.erf,
     "sin": jnp.sin,
     "identity": lambda z: z,
+    "leaky_relu": jax.nn.leaky_relu,
+    "abs": jnp.abs,
 }
+#: activations with kinks: θ ↦ X(θ) is only piecewise smooth (MATH §9).
+NON_SMOOTH = frozenset({"relu", "leaky_relu", "abs"})
 PARAMETRIZATIONS = ("standard", "ntk")
 
 
@@ -125,3 +129,81 @@ class MLP(eqx.Module):
 
     def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
         return self.preactivations(x)[-1]
+
+    def hidden_preactivations(self, inputs: Float[Array, "N in"]) -> Float[Array, "N units"]:
+        """The hidden layers' pre-activations z_ij on every input, units of all layers side by
+        side (the kinks of a ReLU-type activation lie at z_ij = 0)."""
+        return jax.vmap(lambda x: jnp.concatenate(self.preactivations(x)[:-1]))(inputs)
+
+    def dead_units(self, inputs: Float[Array, "N in"]):
+        """The number of hidden units with σ'(z_ij) = 0 on every input: their incoming weights
+        do not move X, so D has zero columns there (a dead ReLU)."""
+        z = self.hidden_preactivations(inputs)
+        slope = jax.jvp(get_activation(self.activation), (z,), (jnp.ones_like(z),))[1]
+        return jnp.sum(jnp.all(slope == 0, axis=0))
+
+
+class ConvNet(eqx.Module):
+    r"""A small convolutional network on flat image vectors: x in R^{C·H·W} (channel-major) is
+    reshaped to (C, H, W), passed through `len(channels)` 3×3 convolutions ('SAME' padding,
+    activation after each), flattened and mapped to `out_size` by a linear layer. For 8×8
+    digits: ConvNet(8, 8, 10, channels=(8, 16)). Any equinox model works in a
+    LeastSquaresProblem; this one is a non-MLP test bed (the BlockedGram forms its Gram)."""
+
+    convs: list[eqx.nn.Conv2d]
+    head: eqx.nn.Linear
+    image_shape: tuple[int, int, int] = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, height: int, width: int, out_size: int, channels: Sequence[int] = (8, 16),
+                 activation: str = "tanh", *, in_channels: int = 1, key: PRNGKeyArray, dtype=None):
+        get_activation(activation)
+        dtype = jnp.zeros(()).dtype if dtype is None else dtype
+        keys = jr.split(key, len(channels) + 1)
+        sizes = (in_channels, *channels)
+        self.convs = [eqx.nn.Conv2d(a, b, 3, padding="SAME", key=k, dtype=dtype)
+                      for a, b, k in zip(sizes[:-1], sizes[1:], keys)]
+        self.head = eqx.nn.Linear(sizes[-1] * height * width, out_size, key=keys[-1], dtype=dtype)
+        self.image_shape = (int(in_channels), int(height), int(width))
+        self.activation = activation
+
+    def __call__(self, x: Float[Array, " CHW"]) -> Float[Array, " out"]:
+        act = get_activation(self.activation)
+        h = x.reshape(self.image_shape)
+        for conv in self.convs:
+            h = act(conv(h))
+        return self.head(h.reshape(-1))
+
+
+class ResidualMLP(eqx.Module):
+    r"""x -> W_in x, then `depth` blocks h <- h + W₂ σ(W₁ LN(h)) (pre-norm residual blocks with a
+    learned layer norm), then W_out LN(h): an MLP with residual connections and layer norm."""
+
+    embed: eqx.nn.Linear
+    blocks: list[tuple[eqx.nn.LayerNorm, eqx.nn.Linear, eqx.nn.Linear]]
+    norm: eqx.nn.LayerNorm
+    head: eqx.nn.Linear
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, in_size: int, out_size: int, width: int = 32, depth: int = 2,
+                 activation: str = "tanh", *, key: PRNGKeyArray, dtype=None):
+        get_activation(activation)
+        dtype = jnp.zeros(()).dtype if dtype is None else dtype
+        keys = jr.split(key, 2 * depth + 2)
+        self.embed = eqx.nn.Linear(in_size, width, key=keys[0], dtype=dtype)
+        self.blocks = [
+            (eqx.nn.LayerNorm(width, dtype=dtype),
+             eqx.nn.Linear(width, width, key=keys[2 * i + 1], dtype=dtype),
+             eqx.nn.Linear(width, width, key=keys[2 * i + 2], dtype=dtype))
+            for i in range(depth)
+        ]
+        self.norm = eqx.nn.LayerNorm(width, dtype=dtype)
+        self.head = eqx.nn.Linear(width, out_size, key=keys[-1], dtype=dtype)
+        self.activation = activation
+
+    def __call__(self, x: Float[Array, " in"]) -> Float[Array, " out"]:
+        act = get_activation(self.activation)
+        h = self.embed(x)
+        for ln, lin1, lin2 in self.blocks:
+            h = h + lin2(act(lin1(ln(h))))
+        return self.head(self.norm(h))

@@ -8,6 +8,7 @@ Each flow states its own predicted rate and cost curve (`AbstractFlow.predicted_
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -45,12 +46,12 @@ def stopping_time(cost0: float, epsilon: float, kappa: float) -> float:
     return decay_time(epsilon / cost0, 2.0 * kappa)
 
 
-def cost_floor(targets, kappa: float) -> float:
-    """The cost at which float64 round-off of X − Y dominates: (κ/2)·QN·(eps·max(1, |Y|∞))²,
-    times a margin of 10⁶."""
-    y = np.asarray(targets)
-    eps = np.finfo(y.dtype if y.dtype.kind == "f" else float).eps
-    return 1e6 * 0.5 * kappa * y.size * (eps * max(1.0, float(np.max(np.abs(y)))))**2
+def cost_floor(targets, kappa: float):
+    """The cost below which float round-off of X − Y dominates: (κ/2)·QN·(eps·max(1, |Y|∞))²,
+    times a margin of 10⁶ (traceable: a JAX scalar)."""
+    y = jnp.asarray(targets)
+    eps = jnp.finfo(y.dtype if jnp.issubdtype(y.dtype, jnp.floating) else float).eps
+    return 1e6 * 0.5 * kappa * y.size * (eps * jnp.maximum(1.0, jnp.max(jnp.abs(y)))) ** 2
 
 
 def fit_decay_rate(ts, cost, *, floor: float = 0.0, valid=None) -> float:
@@ -135,7 +136,7 @@ def compare(trajectory, problem=None, flow=None, epsilon_relative: float | None 
     valid = np.asarray(tr.valid)
     ts, cost = np.asarray(tr.ts)[valid], np.asarray(tr.cost)[valid]
     c0 = float(tr.cost0)
-    floor = cost_floor(tr.targets, kappa)
+    floor = float(cost_floor(tr.targets, kappa))
     if problem is None:
         rate = flow.rate_bound(_TrajectoryShape(tr))
         predicted = c0 * np.exp(-rate * ts)

@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from flowlab.study import runner as sweep
 from flowlab.cli import main
+from flowlab.study import runner as sweep
 from flowlab.study.store import read_summary
 
 TINY = """

@@ -5,8 +5,8 @@ import os
 import pytest
 
 from flowlab.cli import main
-from flowlab.study.config import ConfigError, apply_overrides, load_config, parse_config
 from flowlab.integrate import IntegratorOptions
+from flowlab.study.config import ConfigError, apply_overrides, load_config, parse_config
 from flowlab.study.grid import expand_grid
 
 GOOD = """

@@ -10,10 +10,13 @@ import pytest
 
 import flowlab as fl
 from flowlab.linalg import (
+    QR_FALLBACK_SIZE,
     AutoGram,
+    BlockedGram,
     CGSolver,
     CholeskySolver,
     DenseGram,
+    GramOrQRSolver,
     LayerwiseGram,
     NormalCholeskySolver,
     QRSolver,
@@ -138,22 +141,23 @@ class _Quadratic(eqx.Module):
 
 
 def test_auto_choices(wide):
-    # MLP, K ≥ QN: Cholesky of the layerwise Gram
+    # MLP, K ≥ QN, D small: Cholesky of the layerwise Gram with QR of D as its fallback
     s = resolve_solver("auto", wide)
-    assert isinstance(s, CholeskySolver) and isinstance(s.gram, AutoGram)
+    assert isinstance(s, GramOrQRSolver) and isinstance(s.gram, AutoGram)
+    assert wide.num_params * wide.num_outputs <= QR_FALLBACK_SIZE
     assert isinstance(auto_gram(wide), LayerwiseGram)
     assert isinstance(fl.AdaptedFlow().solver, str)  # resolved lazily, per problem
     # Θ too big for the memory budget: matrix-free CG
     assert isinstance(auto_solver(wide, memory_budget_bytes=8 * 63), CGSolver)
-    assert isinstance(auto_solver(wide, memory_budget_bytes=8 * 64), CholeskySolver)
+    assert isinstance(auto_solver(wide, memory_budget_bytes=8 * 64), GramOrQRSolver)
     # underparametrised: QR of D
     under = mlp_problem(40, 1, [2], in_size=3, seed=2)
     assert isinstance(resolve_solver("auto", under), QRSolver)
-    # not an MLP: dense Gram, and LayerwiseGram refuses with a clear error
+    # not an MLP: the blocked Gram, and LayerwiseGram refuses with a clear error
     model = _Quadratic(jnp.array([0.5, -1.0, 2.0]), jnp.array(0.3))
     x = jr.normal(jr.key(0), (2, 3))
     p = fl.LeastSquaresProblem(model, fl.Dataset(x, jnp.ones((2, 1))))
-    assert isinstance(auto_gram(p), DenseGram)
+    assert isinstance(auto_gram(p), BlockedGram)
     with pytest.raises(ValueError, match="MLP"):
         LayerwiseGram()(p, p.theta0)
     with pytest.raises(ValueError, match="K <= QN"):
@@ -173,3 +177,55 @@ def test_cg_respects_max_steps(wide):
 
     v1, ref = run(wide, wide.theta0, g)
     assert jnp.all(jnp.isfinite(v1)) and rel(v1, ref) > 1e-6
+
+
+def test_auto_choices_cholesky_alone_for_large_d(wide, monkeypatch):
+    import flowlab.linalg._solvers as solvers
+
+    monkeypatch.setattr(solvers, "QR_FALLBACK_SIZE", wide.num_params * wide.num_outputs - 1)
+    assert isinstance(auto_solver(wide), CholeskySolver)
+
+
+class _Linear(eqx.Module):
+    w: jax.Array
+
+    def __call__(self, x):
+        return jnp.atleast_1d(self.w @ x)
+
+
+def _ill_conditioned(cond=1e9, n=8, m=12):
+    """X_j = w·x_j with the data's singular values from 1 to 1/cond: D is the data, fixed;
+    targets from a teacher w*, so the flow's end point stays at |θ| = O(1)."""
+    u, _ = jnp.linalg.qr(jr.normal(jr.key(0), (n, n)))
+    v, _ = jnp.linalg.qr(jr.normal(jr.key(1), (m, n)))
+    x = u @ jnp.diag(jnp.logspace(0, -jnp.log10(cond), n)) @ v.T
+    data = fl.Dataset(x, (x @ jr.normal(jr.key(2), (m,)))[:, None])
+    return fl.LeastSquaresProblem(_Linear(jr.normal(jr.key(3), (m,))), data, kappa=1.0)
+
+
+def test_auto_route_factorises_d_where_the_gram_cannot():
+    """cond(D) = 1e9: Θ = DDᵀ has cond 1e18 > 1/eps, so Cholesky of Θ is useless, while QR of
+    D resolves it. 'auto' takes QR there, matches the SVD solution, and the adapted flow runs
+    at 2κ instead of stopping at s = 0."""
+    problem = _ill_conditioned()
+    theta, g = problem.theta0, problem.output_gradient(problem.outputs(problem.theta0))
+    solver = resolve_solver("auto", problem)
+    assert isinstance(solver, GramOrQRSolver)
+    assert fl.AdaptedFlow().default_max_condition(problem) == 1e10
+
+    @eqx.filter_jit
+    def solve(s):
+        return s.solve(problem, theta, g)
+
+    ref = solve(SVDSolver())
+    assert rel(solve(solver), ref) < 1e-5
+    chol = solve(CholeskySolver())
+    assert not bool(jnp.all(jnp.isfinite(chol))) or rel(chol, ref) > 1e-2
+    eps = 1e-6
+    tr = fl.simulate(problem, fl.AdaptedFlow(), t1=1.2 * np.log(1 / eps) / 2,
+                     cost_target_relative=eps, rtol=1e-10, atol=1e-10)
+    assert tr.stop_reason == "cost_target"
+    assert float(tr.t_final) == pytest.approx(np.log(1 / eps) / 2, rel=1e-3)
+    valid = np.asarray(tr.valid)
+    smin, smax = np.asarray(tr.sigma_min)[valid], np.asarray(tr.sigma_max)[valid]
+    np.testing.assert_allclose(smin / smax, 1e-9, rtol=1e-6)  # measured by SVD, not the Gram

@@ -15,12 +15,17 @@ Each flow is an `eqx.Module` callable as a diffrax vector field ``(t, θ, proble
 """
 
 from ._adapted import AdaptedFlow as AdaptedFlow
-from ._base import AbstractFlow as AbstractFlow, linear_theory_applies as linear_theory_applies
+from ._base import AbstractFlow as AbstractFlow
+from ._base import linear_theory_applies as linear_theory_applies
 from ._damped import DampedFlow as DampedFlow
 from ._gradient import GradientFlow as GradientFlow
 from ._homotopy import (
     AbstractSpectralFilter as AbstractSpectralFilter,
+)
+from ._homotopy import (
     HomotopyFlow as HomotopyFlow,
+)
+from ._homotopy import (
     InterpolatingFilter as InterpolatingFilter,
 )
 from ._interpolation import InterpolationFlow as InterpolationFlow

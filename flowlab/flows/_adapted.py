@@ -1,6 +1,7 @@
+import equinox as eqx
 import jax.numpy as jnp
 
-from ..linalg import SOLVERS, AbstractPinvSolver, resolve_solver
+from ..linalg import SOLVERS, AbstractPinvSolver, SVDSolver, resolve_solver
 from ._base import AbstractFlow
 
 
@@ -11,25 +12,38 @@ class AdaptedFlow(AbstractFlow):
     X(s) = Y + e^{−κs}(X(0) − Y) and C(s) = e^{−2κs} C(0): every mode at rate κ. At full column
     rank (K < QN) θ' = −(DᵀD)⁻¹Dᵀ∇_X C (Gauss–Newton flow, X' = −P∇_X C, no uniform rate).
     `solver` picks how D⁺ is applied: 'auto', 'cholesky', 'qr', 'svd' or an AbstractPinvSolver.
+    `rcond` (with solver='svd') drops singular values below rcond·σ_max: a truncated
+    pseudo-inverse, the robust choice for ill-conditioned residual problems such as PINNs.
     """
 
     solver: str | AbstractPinvSolver = "auto"
+    rcond: float | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if isinstance(self.solver, str) and self.solver != "auto" and self.solver not in SOLVERS:
             raise ValueError(
                 f"unknown solver {self.solver!r}; expected 'auto' or one of {sorted(SOLVERS)}"
             )
+        if self.rcond is not None and (self.solver != "svd" or not 0 < self.rcond < 1):
+            raise ValueError(f"rcond = {self.rcond!r} needs solver='svd' and 0 < rcond < 1")
+
+    def _solver(self, problem):
+        if self.rcond is not None:
+            return SVDSolver(rcond=float(self.rcond))
+        return resolve_solver(self.solver, problem)
 
     def check(self, problem):
         resolve_solver(self.solver, problem)
 
     def default_max_condition(self, problem):
-        return resolve_solver(self.solver, problem).max_condition
+        return self._solver(problem).max_condition(problem.theta0.dtype)
+
+    def spectrum_route(self, problem):
+        return self._solver(problem).route
 
     def velocity(self, problem, theta):
         g = problem.output_gradient(problem.outputs(theta))
-        return -resolve_solver(self.solver, problem).solve(problem, theta, g)
+        return -self._solver(problem).solve(problem, theta, g)
 
     def mode_rates(self, problem, sigma):
         return jnp.full_like(sigma, problem.kappa)

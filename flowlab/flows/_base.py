@@ -60,6 +60,11 @@ class AbstractFlow(eqx.Module):
         flow's solve resolves; None for flows that do not invert D."""
         return None
 
+    def spectrum_route(self, problem) -> str:
+        """How the guards and diagnostics measure σ(D) for this flow: 'gram' (eigenvalues of Θ,
+        cheap, resolves σ ≥ √eps·σ_max) or 'factor' (SVD of D, for flows that factorise D)."""
+        return "gram"
+
     # --- theory -------------------------------------------------------------------------------
     def mode_rates(self, problem, sigma: Float[Array, " r"]) -> Float[Array, " r"]:
         """m_i = κσ_i f(σ_i): the decay rate of the residual along each singular value σ_i of D
@@ -86,14 +91,15 @@ class AbstractFlow(eqx.Module):
         """The linearised cost curve from θ0 at times `ts`:
         C(s) = (κ/2) Σ_i (u_iᵀ r0)² e^{−2 m_i s} for the flow, with (1 − h m_i)^{2s/h} in place
         of e^{−2 m_i s} for Euler steps of size h = step_size; modes outside range D (λ_i = 0)
-        keep their cost. NaN for losses other than the squared loss."""
+        keep their cost (K < QN). NaN for losses other than the squared loss."""
         ts = np.asarray(ts, float)
         if not linear_theory_applies(problem):
             return np.full(ts.shape, np.nan)
         lam, coeff = (np.asarray(a) for a in _start_spectrum(problem, theta0))
         sigma = np.sqrt(lam)
         rates = np.asarray(self.mode_rates(problem, jnp.asarray(sigma)))
-        rates = np.where(lam > _rank_floor(lam), rates, 0.0)
+        if not problem.overparametrised:  # K < QN: QN − K eigenvalues are zero, not small
+            rates = np.where(lam > _rank_floor(lam), rates, 0.0)
         if step_size is None:
             decay = np.exp(-2.0 * rates[:, None] * ts[None, :])
         else:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ..linalg import FACTOR_MAX_CONDITION, default_rcond, jacobian_svd
+from ..linalg import condition_limit, default_rcond, jacobian_svd
 from ._base import AbstractFlow
 
 
@@ -73,7 +73,12 @@ class HomotopyFlow(AbstractFlow):
 
     def default_max_condition(self, problem):
         # the SVD of D resolves cond(D) itself, not its square
-        return FACTOR_MAX_CONDITION if self.inverts_jacobian else None
+        if not self.inverts_jacobian:
+            return None
+        return condition_limit("factor", problem.theta0.dtype)
+
+    def spectrum_route(self, problem):
+        return "factor"
 
     @property
     def spectral_filter(self) -> Callable:
@@ -94,5 +99,5 @@ class HomotopyFlow(AbstractFlow):
     def rate_bound(self, problem):
         bound = super().rate_bound(problem)
         if bound == 0.0 and self.filter is None:
-            return 2.0 * float(self.alpha) * problem.kappa
+            return 2.0 * self.alpha * problem.kappa  # α may be traced: one compile for all α
         return bound

@@ -34,7 +34,10 @@ class InterpolationFlow(AbstractFlow):
         return InterpolationFlow(problem.outputs(theta0), self.solver)
 
     def default_max_condition(self, problem):
-        return resolve_solver(self.solver, problem).max_condition
+        return resolve_solver(self.solver, problem).max_condition(problem.theta0.dtype)
+
+    def spectrum_route(self, problem):
+        return resolve_solver(self.solver, problem).route
 
     def velocity(self, problem, theta):
         if self.outputs0 is None:

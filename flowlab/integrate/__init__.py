@@ -1,12 +1,23 @@
 """Integration of a flow: one `IntegratorOptions`, the ODE by diffrax (`simulate`, `solve`), Euler
 steps (`euler_steps`), batching of seeds and the saved record (`Trajectory`)."""
 
-from ._batch import compile_cached as compile_cached, initial_theta as initial_theta
+from ._batch import compile_cached as compile_cached
+from ._batch import initial_theta as initial_theta
 from ._euler import euler_steps as euler_steps
-from ._ode import make_solver as make_solver, simulate as simulate, solve as solve
+from ._ode import make_solver as make_solver
+from ._ode import simulate as simulate
+from ._ode import solve as solve
 from ._options import IntegratorOptions as IntegratorOptions
+from ._record import resolved_cost as resolved_cost
+from ._trajectory import (
+    FAILURES as FAILURES,
+)
 from ._trajectory import (
     STOP_CODE as STOP_CODE,
+)
+from ._trajectory import (
     STOP_REASONS as STOP_REASONS,
+)
+from ._trajectory import (
     Trajectory as Trajectory,
 )

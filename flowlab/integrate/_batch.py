@@ -1,6 +1,8 @@
 """Running a compiled solve over a batch of θ0: the θ0 check, sharding, the compile cache and
 timing, shared by `simulate` and `euler_steps`."""
 
+import dataclasses
+import os
 import time
 
 import equinox as eqx
@@ -10,6 +12,7 @@ from jaxtyping import Array, Float
 
 from ..devices import device_mesh, replicate, resolve_shard, shard_batch, unshard
 from ..flows import AbstractFlow
+from ..linalg._spectrum import SEED_AXIS
 from ._options import IntegratorOptions
 from ._trajectory import Trajectory
 
@@ -38,23 +41,48 @@ def prepare(problem, flow, options, settings) -> IntegratorOptions:
     return IntegratorOptions.build(options, **settings)
 
 
+def over_seeds(fn, theta0, opts: IntegratorOptions):
+    """fn applied to each row of θ0 (B, K): vmapped, or one after another by lax.map."""
+    if opts.seed_batching == "map":
+        return jax.lax.map(fn, theta0)
+    return jax.vmap(fn, axis_name=SEED_AXIS)(theta0)
+
+
 _COMPILED: dict = {}
 
 
-def compile_cached(jitted, *args):
-    """Compile `jitted` once per structure, shapes and static settings of `args`;
-    returns (compiled, seconds spent compiling now)."""
+#: FLOWLAB_XLA_OPT_LEVEL=auto compiles CPU solves of fewer parameters than this at XLA's backend
+#: optimisation level 0 (several times faster to compile; at K = 1.05e6 it ran a solve 3× slower,
+#: 18 s against 6 s). Not the default: at level 0 a failed Cholesky's NaN went unseen by the
+#: finiteness guard (tests/test_underparam.py: max_steps instead of non_finite_field).
+FAST_COMPILE_MAX_PARAMS = 100_000
+
+
+def compiler_options(problem) -> dict | None:
+    """XLA options for a solve of `problem` from FLOWLAB_XLA_OPT_LEVEL: 'default' (XLA's
+    own, the default), 'auto' (level 0 on CPU below FAST_COMPILE_MAX_PARAMS) or a level 0–3."""
+    level = os.environ.get("FLOWLAB_XLA_OPT_LEVEL", "default")
+    if level == "default" or jax.default_backend() != "cpu":
+        return None
+    if level == "auto":
+        level = 0 if problem.num_params < FAST_COMPILE_MAX_PARAMS else None
+    return None if level is None else {"xla_backend_optimization_level": int(level)}
+
+
+def compile_cached(jitted, *args, options: dict | None = None):
+    """Compile `jitted` once per structure, shapes and static settings of `args` (with XLA
+    compiler `options`); returns (compiled, seconds spent compiling now)."""
     # the sharding is part of the key: a sharded batch needs its own executable
     abstract = jax.tree_util.tree_map(
         lambda a: (jax.ShapeDtypeStruct(a.shape, a.dtype), getattr(a, "sharding", None))
         if eqx.is_array(a) else a, args
     )
     leaves, treedef = jax.tree_util.tree_flatten(abstract)
-    key = (jitted, treedef, tuple(leaves))
+    key = (jitted, treedef, tuple(leaves), tuple(sorted((options or {}).items())))
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     start = time.perf_counter()
-    _COMPILED[key] = jitted.lower(*args).compile()
+    _COMPILED[key] = jitted.lower(*args).compile(compiler_options=options)
     return _COMPILED[key], time.perf_counter() - start
 
 
@@ -67,8 +95,9 @@ def run_batched(jitted, problem, flow, theta0, opts, shard) -> Trajectory:
     sharded = resolve_shard(shard, batch.shape[0])
     if sharded:
         mesh = device_mesh()
+        opts = dataclasses.replace(opts, seed_batching="vmap")  # each device takes its rows
         args = (*replicate((problem, flow), mesh), shard_batch(batch, mesh), replicate(opts, mesh))
-    compiled, compile_time = compile_cached(jitted, *args)
+    compiled, compile_time = compile_cached(jitted, *args, options=compiler_options(problem))
     start = time.perf_counter()
     out = jax.block_until_ready(compiled(*args))
     wall_time = time.perf_counter() - start

@@ -10,9 +10,9 @@ from jaxtyping import Array, Float
 
 from ..flows import AbstractFlow
 from ..linalg import singular_values
-from ._batch import initial_theta, prepare, run_batched
+from ._batch import initial_theta, over_seeds, prepare, run_batched
 from ._options import IMPLICIT_SOLVERS, IntegratorOptions
-from ._record import cost_target, saved_statistics
+from ._record import cost_target, resolved_cost, saved_statistics
 from ._trajectory import STOP_CODE, Trajectory
 
 
@@ -52,15 +52,19 @@ def _field_evals_per_step(solver) -> tuple[int, int] | None:
     return None
 
 
-def _guards(problem, flow, theta, opts: IntegratorOptions) -> dict[str, Array]:
-    """Each degeneration check at θ: True where it trips."""
+def _guards(problem, flow, t, theta, cost0, opts: IntegratorOptions) -> dict[str, Array]:
+    """Each degeneration check at (s, θ): True where it trips."""
     out = {}
+    if opts.bound_slack is not None:
+        bound = cost0 * jnp.exp(-flow.rate_bound(problem) * t)
+        out["bound_violated"] = jnp.sqrt(problem.cost(theta)) > (
+            (1 + opts.bound_slack) * jnp.sqrt(bound) + jnp.sqrt(resolved_cost(problem, opts)))
     if opts.theta_norm_max is not None:
         out["theta_diverged"] = jnp.linalg.norm(theta) > opts.theta_norm_max
     if opts.check_finite:
         out["non_finite_field"] = ~jnp.all(jnp.isfinite(flow.velocity(problem, theta)))
     if opts.sigma_min_tol is not None or opts.max_condition is not None:
-        sigma = singular_values(problem, theta)
+        sigma = singular_values(problem, theta, route=flow.spectrum_route(problem))
         bad = ~jnp.all(jnp.isfinite(sigma))
         if opts.sigma_min_tol is not None:
             bad = bad | (sigma[0] < opts.sigma_min_tol)
@@ -73,17 +77,20 @@ def _guards(problem, flow, theta, opts: IntegratorOptions) -> dict[str, Array]:
 def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict:
     flow = flow.at_start(problem, theta0)
     cost0 = problem.cost(theta0)
+    theta_of = lambda y: y  # noqa: E731
 
     def stats(t, y, args):
-        return saved_statistics(problem, flow, y, problem.outputs(y), opts)
+        theta = theta_of(y)
+        return saved_statistics(problem, flow, theta, problem.outputs(theta), opts)
 
     cond_fns = {}
     target = cost_target(opts, cost0)
     if target is not None:
-        cond_fns["cost"] = lambda t, y, args, **kw: jnp.log(problem.cost(y)) - jnp.log(target)
+        cond_fns["cost"] = lambda t, y, args, **kw: (jnp.log(problem.cost(theta_of(y)))
+                                                     - jnp.log(target))
     if opts.any_guard:
         cond_fns["guard"] = lambda t, y, args, **kw: jnp.any(
-            jnp.stack(list(_guards(problem, flow, y, opts).values()))
+            jnp.stack(list(_guards(problem, flow, t, theta_of(y), cost0, opts).values()))
         )
     event = None
     if cond_fns:
@@ -92,18 +99,22 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
         )
 
     solver = make_solver(opts.solver)
+    term, y0 = diffrax.ODETerm(flow), theta0
+    controller = diffrax.PIDController(rtol=opts.rtol, atol=opts.atol, dtmin=opts.dtmin,
+                                       force_dtmin=opts.dtmin is not None)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(flow),
+        term,
         solver,
         t0=0.0,
         t1=opts.t1,
         dt0=opts.dt0,
-        y0=theta0,
+        y0=y0,
         args=problem,
         saveat=diffrax.SaveAt(
-            subs=[diffrax.SubSaveAt(ts=opts.ts, fn=stats), diffrax.SubSaveAt(t1=True)]
+            subs=[diffrax.SubSaveAt(ts=opts.ts, fn=stats),
+                  diffrax.SubSaveAt(t1=True, fn=lambda t, y, args: theta_of(y))]
         ),
-        stepsize_controller=diffrax.PIDController(rtol=opts.rtol, atol=opts.atol),
+        stepsize_controller=controller,
         event=event,
         max_steps=opts.max_steps,
         throw=False,
@@ -117,15 +128,18 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
     code = jnp.where(sol.result == diffrax.RESULTS.max_steps_reached, STOP_CODE["max_steps"], code)
     if event is not None:
         if "guard" in cond_fns:
-            tripped = _guards(problem, flow, theta_final, opts)
+            tripped = _guards(problem, flow, t_final, theta_final, cost0, opts)
             guard_code = STOP_CODE["rank_loss"]
-            for name in ("non_finite_field", "theta_diverged", "rank_loss"):
+            for name in ("bound_violated", "non_finite_field", "theta_diverged", "rank_loss"):
                 if name in tripped:
                     guard_code = jnp.where(tripped[name], STOP_CODE[name], guard_code)
             code = jnp.where(sol.event_mask["guard"], guard_code, code)
         if "cost" in cond_fns:
             code = jnp.where(sol.event_mask["cost"], STOP_CODE["cost_target"], code)
 
+    # a non-finite start is named as such, also under jit where initial_theta cannot raise
+    bad_start = ~(jnp.all(jnp.isfinite(theta0)) & jnp.isfinite(cost0))
+    code = jnp.where(bad_start, STOP_CODE["non_finite_start"], code)
     steps = sol.stats["num_steps"]
     per_step = _field_evals_per_step(solver)
     evals = jnp.full_like(steps, -1) if per_step is None else per_step[0] * steps + per_step[1]
@@ -150,7 +164,7 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
 
 @eqx.filter_jit
 def _solve_batch(problem, flow, theta0, opts):
-    return jax.vmap(lambda th: _solve(problem, flow, th, opts))(theta0)
+    return over_seeds(lambda th: _solve(problem, flow, th, opts), theta0, opts)
 
 
 def solve(problem, flow: AbstractFlow, theta0: Float[Array, " K"], t1: float | None = None, *,

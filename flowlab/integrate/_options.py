@@ -11,8 +11,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+#: 'auto' dtmin for activations with kinks, relative to t1: without it the controller shrinks the
+#: step to ~rtol/jump at every kink and crawls (measured on the ReLU quickstart: 20 000 steps to
+#: s = 0.03–0.5 of 155); with it a crossing costs a forced step. 1e-4 made forced steps across
+#: kinks blow θ up on a width-16 ReLU net (θ' ~ 1/σ_min is large there).
+DTMIN_KINKS = 1e-5
+
+#: rtol and atol are raised to at least this many eps of θ's dtype (1.2e-5 in float32).
+TOLERANCE_EPS = 100
 
 #: ODE solvers by name (see `make_solver`); implicit ones get a matrix-free Newton–GMRES.
 EXPLICIT_SOLVERS = ("bosh3", "dopri5", "dopri8", "euler", "heun", "tsit5")
@@ -89,6 +99,12 @@ def _times(v):
     return ts
 
 
+def _choice(v, choices):
+    if v not in choices:
+        raise ValueError
+    return v
+
+
 def _condition(v):
     return v if v == "auto" else _positive(v)
 
@@ -97,10 +113,13 @@ POSITIVE = Check("a positive number", _positive)
 OPTIONAL_POSITIVE = Check("a positive number, or off", _positive, optional=True)
 OPTIONAL_FRACTION = Check("a number in (0, 1), or off", _fraction, optional=True)
 COUNT = Check("an integer >= 1", _integer(1))
+OPTIONAL_COUNT = Check("an integer >= 1, or off", _integer(1), optional=True)
 SAVES = Check("an integer >= 2", _integer(2))
 BOOL = Check("true or false", _boolean)
 SOLVER = Check(f"one of {list(EXPLICIT_SOLVERS + IMPLICIT_SOLVERS)}", _solver)
 TIMES = Check("a list of >= 2 increasing times >= 0, or off", _times, optional=True)
+AUTO_OR_POSITIVE = Check("a positive number, 'auto' or off", _condition, optional=True)
+BATCHING = Check("one of ['auto', 'vmap', 'map']", lambda v: _choice(v, ("auto", "vmap", "map")))
 CONDITION = Check("a positive number, 'auto' (the flow's solve decides) or off", _condition,
                   optional=True)
 
@@ -131,7 +150,16 @@ class IntegratorOptions(eqx.Module):
     rtol: float = setting(1e-8, "relative tolerance of the PID step-size controller", POSITIVE)
     atol: float = setting(1e-8, "absolute tolerance of the PID step-size controller", POSITIVE)
     dt0: float | None = setting(None, "first step (off: diffrax chooses)", OPTIONAL_POSITIVE)
+    dtmin: float | str | None = setting(
+        "auto", "smallest step: where the error estimate cannot be met (a kink of the "
+        "activation, where θ' jumps) the controller takes a step of this size instead of "
+        "shrinking further; 'auto': DTMIN_KINKS·t1 for activations with kinks, off otherwise",
+        AUTO_OR_POSITIVE)
     max_steps: int = setting(100_000, "step budget of one solve", COUNT, static=True)
+    seed_batching: str = setting(
+        "auto", "how a batch of θ0 runs: 'vmap' (one batched solve; seeds step in lockstep), "
+        "'map' (lax.map: one compiled solve after another, no batched LAPACK) or 'auto' (map on "
+        "CPU, vmap on GPU/TPU; sharded batches always vmap)", BATCHING, static=True)
     # --- stops, shared by both ------------------------------------------------------------
     cost_target: float | None = setting(None, "stop at C <= this", OPTIONAL_POSITIVE)
     cost_target_relative: float | None = setting(
@@ -144,6 +172,11 @@ class IntegratorOptions(eqx.Module):
         "resolves (1e7 through the Gram, 1e10 through QR/SVD of D), off for flows that do "
         "not invert D", CONDITION)
     theta_norm_max: float | None = setting(1e6, "stop when |θ| > this", OPTIONAL_POSITIVE)
+    bound_slack: float | None = setting(
+        1e-3, "stop when √C(s) > (1 + this)·√(e^{−rs}C(0)) + √C_res, r the flow's rate_bound "
+        "(2κ for the adapted flow at full rank) and C_res the cost of a 100·(atol + rtol·|Y|∞) "
+        "error on every output: the orbit has left what the theory covers, e.g. a sliding kink "
+        "of a ReLU network (MATH §9)", OPTIONAL_POSITIVE)
     check_finite: bool = setting(True, "stop when the field is not finite (one extra field "
                                  "evaluation per step)", BOOL, static=True)
     diagnostics: bool = setting(True, "save σ_min, σ_max and the rank of D at each save", BOOL,
@@ -161,6 +194,13 @@ class IntegratorOptions(eqx.Module):
     backtracking: bool = setting(False, "halve an Euler step until the cost decreases", BOOL,
                                  static=True)
     max_backtracks: int = setting(30, "at most this many halvings per step", COUNT, static=True)
+    sufficient_decrease: float | None = setting(
+        None, "Armijo constant c of backtracking: accept h only when C(θ + hv) ≤ C(θ) + "
+        "c·h·∂_vC(θ) (one jvp per step; off: any decrease)", OPTIONAL_FRACTION)
+    grid_search: int | None = setting(
+        None, "ENGD's line search for Euler steps: try h·2^-j, j = 0..n-1, and take the lowest "
+        "cost (n cost evaluations per step; off: none). With it or backtracking a step that "
+        "lowers no cost ends the run ('no_descent')", OPTIONAL_COUNT, static=True)
 
     def __check_init__(self):
         for f in dataclasses.fields(self):
@@ -173,6 +213,9 @@ class IntegratorOptions(eqx.Module):
                 raise ValueError(
                     f"integrator setting {f.name} = {value!r}: expected "
                     f"{f.metadata['check'].expected}") from None
+        if self.backtracking and self.grid_search is not None:
+            raise ValueError("integrator settings backtracking and grid_search: choose one line "
+                             "search")
         if self.ts is not None and not _resolved(self.ts) and float(self.ts[-1]) > float(self.t1):
             raise ValueError(f"integrator setting ts: save times must lie in [0, t1 = {self.t1}], "
                              f"got up to {self.ts[-1]}")
@@ -213,13 +256,28 @@ class IntegratorOptions(eqx.Module):
         if max_condition == "auto":
             max_condition = flow.default_max_condition(problem)
         step = 1.0 / problem.kappa if self.step_size is None else self.step_size
+        bound = flow.rate_bound(problem)
+        bound_slack = self.bound_slack if math.isfinite(bound) else None
+        batching = self.seed_batching
+        if batching == "auto":
+            batching = "map" if jax.default_backend() == "cpu" else "vmap"
+        dtmin = self.dtmin
+        if dtmin == "auto":
+            dtmin = DTMIN_KINKS * float(self.t1) if problem.piecewise_smooth else None
         num = lambda v: None if v is None else jnp.asarray(v, dtype)  # noqa: E731
+        # a tolerance below the dtype's resolution cannot be met: the step size would collapse
+        # (float32 at the float64 default 1e-8 stalled at C/C0 ≈ 0.99)
+        floor = TOLERANCE_EPS * float(jnp.finfo(dtype).eps)
         return dataclasses.replace(
-            self, t1=num(self.t1), rtol=num(self.rtol), atol=num(self.atol), dt0=num(self.dt0),
+            self, t1=num(self.t1), rtol=num(max(self.rtol, floor)),
+            atol=num(max(self.atol, floor)), dt0=num(self.dt0),
+            dtmin=num(dtmin),
             cost_target=num(self.cost_target),
             cost_target_relative=num(self.cost_target_relative),
             sigma_min_tol=num(self.sigma_min_tol), max_condition=num(max_condition),
+            sufficient_decrease=num(self.sufficient_decrease),
             theta_norm_max=num(self.theta_norm_max), step_size=num(step),
+            bound_slack=num(bound_slack), seed_batching=batching,
             ts=jnp.asarray(self.save_times(), dtype),
         )
 
@@ -227,7 +285,8 @@ class IntegratorOptions(eqx.Module):
     def any_guard(self) -> bool:
         """Whether a per-step degeneration check is on."""
         return (self.theta_norm_max is not None or self.check_finite
-                or self.sigma_min_tol is not None or self.max_condition is not None)
+                or self.sigma_min_tol is not None or self.max_condition is not None
+                or self.bound_slack is not None)
 
 
 def _is_sequence(v) -> bool:

@@ -2,7 +2,8 @@
 
 import jax.numpy as jnp
 
-from ..linalg import numerical_rank, singular_values
+from ..linalg import default_rcond, numerical_rank, singular_values
+from ..theory import cost_floor
 from ._options import IntegratorOptions
 
 
@@ -13,9 +14,11 @@ def saved_statistics(problem, flow, theta, outputs, opts: IntegratorOptions) -> 
     out = {"cost": problem.loss(outputs, problem.targets), "outputs": outputs,
            "theta_norm": jnp.linalg.norm(theta), "sigma_min": nan, "sigma_max": nan, "rank": nan}
     if opts.diagnostics:
-        sigma = singular_values(problem, theta)
+        route = flow.spectrum_route(problem)
+        sigma = singular_values(problem, theta, route=route)
+        rtol = default_rcond(problem) if route == "factor" else None
         out.update(sigma_min=sigma[0], sigma_max=sigma[-1],
-                   rank=numerical_rank(sigma).astype(theta.dtype))
+                   rank=numerical_rank(sigma, rtol).astype(theta.dtype))
     if opts.save_theta:
         out["theta"] = theta
     out["extras"] = {name: fn(problem, flow, theta) for name, fn in opts.extras}
@@ -30,3 +33,12 @@ def cost_target(opts: IntegratorOptions, cost0):
     if not targets:
         return None
     return jnp.max(jnp.stack(targets)) if len(targets) > 1 else targets[0]
+
+
+
+def resolved_cost(problem, opts: IntegratorOptions):
+    """The cost of an error of 100·(atol + rtol·max(1, |Y|∞)) on every output, or the round-off
+    floor if larger: below it a solve with these tolerances cannot tell costs apart."""
+    noise = 100 * (opts.atol + opts.rtol * jnp.maximum(1.0, jnp.max(jnp.abs(problem.targets))))
+    return jnp.maximum(0.5 * problem.kappa * problem.num_outputs * noise**2,
+                       cost_floor(problem.targets, problem.kappa))

@@ -16,7 +16,13 @@ STOP_REASONS = (
     "non_finite_field",  # the vector field returned NaN/inf (e.g. a failed Cholesky)
     "max_steps",  # the step budget ran out
     "solver_failed",  # any other diffrax failure
+    "bound_violated",  # C(s) rose above the flow's guaranteed e^{−rs}C(0): the orbit left the theory
+    "non_finite_start",  # θ0 or C(θ0) is not finite
+    "no_descent",  # Euler steps: no step the line search tried lowered the cost (a stall)
 )
+#: Ends that mean a run did not do what it was asked (t1_reached is by design; rank_loss,
+#: theta_diverged and bound_violated are findings about the orbit, reported as such).
+FAILURES = frozenset({"max_steps", "solver_failed", "non_finite_field", "non_finite_start"})
 STOP_CODE = {name: i for i, name in enumerate(STOP_REASONS)}
 
 

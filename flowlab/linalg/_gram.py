@@ -5,10 +5,15 @@ r"""Gram strategies (AbstractGram: θ ↦ (Θ, w ↦ Dᵀ w)), behind CholeskySo
   stacked backprop signals Δ_l = ∂X/∂z_l and the activations H_{l−1}, without forming D
   ("Fast finite width NTK", Novak et al. 2022); Dᵀ w is one matmul per layer. Memory
   O(K + (QN)² + QN·Σ M_l);
-- AutoGram: LayerwiseGram for an MLP, DenseGram otherwise (the default everywhere).
+- BlockedGram: any problem (any equinox model, any residual): rows of D a block of b examples
+  (or collocation points) at a time by vmapped reverse passes, Θ[block, :] = D_b Dᵀ by vmapped
+  jvps, accumulated block by block; Dᵀ w is one vjp. Memory O(b·K + (QN)²), never all of D;
+- AutoGram: LayerwiseGram for an MLP fitted to data, BlockedGram otherwise (the default
+  everywhere).
 """
 
 import abc
+import math
 
 import equinox as eqx
 import jax
@@ -35,10 +40,12 @@ class DenseGram(AbstractGram):
 
 
 def is_mlp_problem(problem) -> bool:
-    """Whether the problem's model is a flowlab.MLP (so the layerwise Gram applies)."""
+    """Whether the problem fits a flowlab.MLP to data, X = (f_θ(x_j))_j (so the layerwise
+    Gram applies; not for a residual problem, whose rows are not the network's outputs)."""
     from ..nets import MLP
+    from ..problem import LeastSquaresProblem
 
-    return isinstance(getattr(problem, "model_static", None), MLP)
+    return isinstance(problem, LeastSquaresProblem) and isinstance(problem.model_static, MLP)
 
 
 def _mlp_backprop(model, inputs):
@@ -102,7 +109,8 @@ class LayerwiseGram(AbstractGram):
         if not is_mlp_problem(problem):
             raise ValueError(
                 "LayerwiseGram needs a problem whose model is a flowlab.MLP, got "
-                f"{type(getattr(problem, 'model_static', None)).__name__}; use DenseGram"
+                f"{type(getattr(problem, 'model_static', None)).__name__} in a "
+                f"{type(problem).__name__}; use BlockedGram or DenseGram"
             )
         model = problem.model(theta)
         hs, deltas = _mlp_backprop(model, problem.inputs)
@@ -123,9 +131,71 @@ class LayerwiseGram(AbstractGram):
         return gram, transpose
 
 
+#: bytes of D that BlockedGram holds at once when its block size is not given.
+BLOCK_BYTES = 2**27
+
+
+class BlockedGram(AbstractGram):
+    r"""Θ = D Dᵀ for any problem without holding all of D.
+
+    The rows of D come in groups (`problem.row_groups()`: one per example of a data fit, one
+    per collocation point of a pointwise residual, one per entry of any other residual). For
+    each block of b items: rows D_b by vmapped reverse passes (`problem.group_rows`), then
+    Θ[block, :] = D_b Dᵀ by b vmapped jvps of X(θ) (one linearisation at θ, reused), blocks in
+    a `lax.map`. Dᵀ w is one vjp (the transpose of the same linearisation). When the whole of
+    D fits in one block it is formed and multiplied directly (Θ = D Dᵀ, Dᵀ w = D.T @ w).
+
+    Cost: QN reverse passes of one item (rows) plus QN jvps of X (≈ QN·N item passes, the
+    flops of the product D Dᵀ itself). Memory O(b·q·K + (QN)² + b·q·QN).
+    `block_size` (items per block) defaults to the most that keep a block of D within
+    `BLOCK_BYTES`."""
+
+    block_size: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if self.block_size is not None and (not isinstance(self.block_size, int)
+                                            or self.block_size < 1):
+            raise ValueError(f"block_size must be an integer >= 1 or None, got {self.block_size!r}")
+
+    def blocks(self, problem) -> list[tuple[int, int, int]]:
+        """(items, rows per item, block size) for each row group of the problem."""
+        item = jnp.dtype(problem.theta0.dtype).itemsize
+        out = []
+        for n, q in problem.row_groups():
+            b = self.block_size
+            if b is None:
+                b = max(1, BLOCK_BYTES // (q * problem.num_params * item))
+            out.append((n, q, min(b, n)))
+        return out
+
+    def __call__(self, problem, theta):
+        groups = self.blocks(problem)
+        k = problem.num_params
+        if len(groups) == 1 and groups[0][2] == groups[0][0]:
+            d = problem.jacobian(theta, "rev")
+            return d @ d.T, lambda w: d.T @ w
+        _, lin = jax.linearize(problem.outputs, theta)
+        lin_t = jax.linear_transpose(lin, theta)
+        rows = []
+        for g, (n, q, b) in enumerate(groups):
+            num_blocks = math.ceil(n / b)
+
+            def block(i, g=g, n=n, q=q, b=b):
+                items = jnp.minimum(i * b + jnp.arange(b), n - 1)  # the last block repeats item n−1
+                d_b = problem.group_rows(theta, g, items).reshape(b * q, k)
+                return jax.vmap(lin)(d_b)  # (b·q, QN) = D_b Dᵀ
+
+            out = jax.lax.map(block, jnp.arange(num_blocks))
+            rows.append(out.reshape(num_blocks * b * q, -1)[: n * q])
+        gram = rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=0)
+        gram = 0.5 * (gram + gram.T)
+        return gram, lambda w: lin_t(w)[0]
+
+
 def auto_gram(problem) -> AbstractGram:
-    """LayerwiseGram for a flowlab.MLP, DenseGram (jacrev; jacfwd when K < QN) otherwise."""
-    return LayerwiseGram() if is_mlp_problem(problem) else DenseGram()
+    """LayerwiseGram for a flowlab.MLP fitted to data, BlockedGram otherwise (DenseGram stays
+    available: it materialises D)."""
+    return LayerwiseGram() if is_mlp_problem(problem) else BlockedGram()
 
 
 class AutoGram(AbstractGram):

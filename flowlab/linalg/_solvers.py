@@ -20,18 +20,24 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg
 import lineax as lx
 from jaxtyping import Array, Float
 
-from ._gram import AbstractGram, AutoGram, is_mlp_problem
-from ._spectrum import FACTOR_MAX_CONDITION, GRAM_MAX_CONDITION
+from ._gram import AbstractGram, AutoGram
+from ._spectrum import all_over_seeds, condition_limit
 
 
 class AbstractPinvSolver(eqx.Module):
     """Computes D⁺ g at θ."""
 
-    #: σ_max/σ_min beyond which the solve is no longer trustworthy (the default guard).
-    max_condition: ClassVar[float] = FACTOR_MAX_CONDITION
+    #: how the solve reaches D⁺: 'gram' (through Θ or DᵀD: squares cond(D)) or 'factor'
+    #: (a factorisation of D itself); sets the default guard and how σ(D) is measured.
+    route: ClassVar[str] = "factor"
+
+    def max_condition(self, dtype) -> float:
+        """σ_max/σ_min(D) beyond which the solve is no longer trustworthy (the default guard)."""
+        return condition_limit(self.route, dtype)
 
     @abc.abstractmethod
     def solve(self, problem, theta, rhs: Float[Array, " QN"]) -> Float[Array, " K"]: ...
@@ -46,7 +52,7 @@ class CholeskySolver(AbstractPinvSolver):
     `gram` is how Θ and Dᵀ are obtained; the default AutoGram uses the layerwise Gram for an
     MLP and the dense Jacobian otherwise."""
 
-    max_condition: ClassVar[float] = GRAM_MAX_CONDITION  # cond(Θ) = cond(D)²
+    route: ClassVar[str] = "gram"  # cond(Θ) = cond(D)²
     gram: AbstractGram = AutoGram()
 
     def check(self, problem):
@@ -62,6 +68,50 @@ class CholeskySolver(AbstractPinvSolver):
         op = lx.MatrixLinearOperator(theta_gram, lx.positive_semidefinite_tag)
         w = lx.linear_solve(op, rhs, lx.Cholesky(), throw=False).value
         return transpose(w)
+
+
+class GramOrQRSolver(AbstractPinvSolver):
+    """v = D⁺g by Cholesky of Θ while Θ resolves D, by QR of D where it does not (K ≥ QN).
+
+    Decided at each evaluation: λ_min(Θ) is estimated by 8 steps of inverse iteration with the
+    Cholesky factor (Rayleigh quotient, 16 triangular solves: O(QN²) beside the O(QN³)
+    factorisation), λ_max by max Θ_ii; when cond(D)² = λ_max/λ_min exceeds the square of the
+    Gram route's limit in this dtype (1e7 in float64, 432 in float32) or the factor is not
+    finite, the solve goes through QR of D (cond(D) instead of cond(D)²). One branch runs per
+    call; in a vmapped batch of seeds the choice is made for the whole batch (QR as soon as one
+    seed needs it), so that it stays a branch instead of a select that runs both."""
+
+    iterations: int = eqx.field(static=True, default=8)
+
+    route: ClassVar[str] = "adaptive"  # guards at the QR limit; σ(D) by SVD only when needed
+    gram: AbstractGram = AutoGram()
+
+    def check(self, problem):
+        CholeskySolver().check(problem)
+
+    def solve(self, problem, theta, rhs):
+        theta_gram, transpose = self.gram(problem, theta)
+        factor = jnp.linalg.cholesky(theta_gram)
+
+        def inverse_step(_, v):
+            v = jax.scipy.linalg.cho_solve((factor, True), v)
+            return v / jnp.linalg.norm(v)
+
+        v0 = jnp.ones_like(rhs) / jnp.sqrt(rhs.shape[0])
+        v = jax.lax.fori_loop(0, self.iterations, inverse_step, v0)
+        lam_min = v @ theta_gram @ v
+        lam_max = jnp.max(jnp.diag(theta_gram))
+        resolved = all_over_seeds(jnp.all(jnp.isfinite(factor)) & jnp.all(jnp.isfinite(v)) & (
+            lam_max < condition_limit("gram", theta.dtype) ** 2 * lam_min))
+
+        def through_gram(_):
+            w = jax.scipy.linalg.cho_solve((factor, True), rhs)
+            return transpose(w)
+
+        def through_qr(_):
+            return QRSolver().solve(problem, theta, rhs)
+
+        return jax.lax.cond(resolved, through_gram, through_qr, None)
 
 
 class QRSolver(AbstractPinvSolver):
@@ -92,7 +142,7 @@ class NormalCholeskySolver(AbstractPinvSolver):
     D by jacfwd (K forward passes). About half the flops of QR of D, but it squares the
     condition number: σ is resolved down to about √eps·σ_max (QR: eps·σ_max)."""
 
-    max_condition: ClassVar[float] = GRAM_MAX_CONDITION  # DᵀD squares cond(D)
+    route: ClassVar[str] = "gram"  # DᵀD squares cond(D)
 
     def check(self, problem):
         if problem.num_params > problem.num_outputs:
@@ -115,7 +165,7 @@ class CGSolver(AbstractPinvSolver):
     √cond(Θ) = σ_max/σ_min, so it suits well-conditioned problems; an unconverged solve
     returns the last iterate (throw=False) and max_steps bounds the work."""
 
-    max_condition: ClassVar[float] = GRAM_MAX_CONDITION  # iterates on Θ or DᵀD
+    route: ClassVar[str] = "gram"  # iterates on Θ or DᵀD
     rtol: float = eqx.field(static=True, default=1e-12)
     atol: float = eqx.field(static=True, default=1e-14)
     max_steps: int | None = eqx.field(static=True, default=None)
@@ -140,11 +190,15 @@ class CGSolver(AbstractPinvSolver):
 
 SOLVERS = {
     "cholesky": CholeskySolver,
+    "gram_or_qr": GramOrQRSolver,
     "qr": QRSolver,
     "svd": SVDSolver,
     "normal_cholesky": NormalCholeskySolver,
     "cg": CGSolver,
 }
+
+#: largest QN·K for which 'auto' keeps QR of D ready beside the Gram (GramOrQRSolver).
+QR_FALLBACK_SIZE = 2**22
 
 #: fraction of the device's memory that 'auto' lets a Gram or a Jacobian take.
 MEMORY_FRACTION = 0.25
@@ -170,8 +224,8 @@ def memory_budget() -> int:
 def auto_solver(problem, memory_budget_bytes: int | None = None) -> AbstractPinvSolver:
     """The 'auto' choice from the model type, K, QN and memory.
 
-    K ≥ QN: Cholesky of Θ (AutoGram: layerwise for an MLP, else jacrev) when Θ and, for a
-    non-MLP, D fit in the memory budget; matrix-free CG otherwise. K < QN: QR of D, or CG
+    K ≥ QN: Cholesky of Θ (AutoGram: layerwise for an MLP, else in row blocks) when Θ fits
+    in the memory budget; matrix-free CG otherwise. K < QN: QR of D, or CG
     when D does not fit. Normal-equation Cholesky (QN·K² + K³/3 flops against QR's
     2QN·K² − 2K³/3, so at most 2× cheaper, and D by jacfwd costs the same for both) is not
     the default because it squares cond(D): at cond(D) = 4e6, inside the default rank guard
@@ -180,8 +234,12 @@ def auto_solver(problem, memory_budget_bytes: int | None = None) -> AbstractPinv
     budget = memory_budget() if memory_budget_bytes is None else memory_budget_bytes
     item = jnp.dtype(problem.theta0.dtype).itemsize
     if problem.overparametrised:
-        need = qn * qn + (0 if is_mlp_problem(problem) else qn * k)
-        return CholeskySolver() if need * item <= budget else CGSolver()
+        need = qn * qn  # the auto Gram holds Θ, and of D at most a block (BlockedGram)
+        if need * item > budget:
+            return CGSolver()
+        # QR of D as the fallback where Θ cannot resolve D, when D is small enough that its
+        # QR (2·QN²·K flops, run every step under vmap) costs little beside the Gram
+        return GramOrQRSolver() if qn * k <= QR_FALLBACK_SIZE else CholeskySolver()
     if (qn * k + k * k) * item > budget:
         return CGSolver()
     return QRSolver()

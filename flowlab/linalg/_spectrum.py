@@ -2,24 +2,54 @@ r"""The spectrum of D, numerical rank and the conditioning limits of each route 
 place where rank and condition cutoffs are decided.
 
 - Routes through Θ = DDᵀ (or DᵀD, or CG on either) square cond(D): in float64 they lose ~1e-2
-  relative accuracy at cond(D) = 1e7 (GRAM_MAX_CONDITION).
-- Factorisations of D itself (QR, SVD) resolve cond(D) up to ~1e10 with 1e-6 accuracy
-  (FACTOR_MAX_CONDITION).
+  relative accuracy at cond(D) = 1e7, in float32 at 432 (`condition_limit('gram', dtype)`).
+- Factorisations of D itself (QR, SVD) resolve cond(D) up to ~1e10 with 1e-6 accuracy in
+  float64 (`condition_limit('factor', dtype)`).
 - A singular value counts as zero below rcond·σ_max: max(QN, K)·eps from an SVD of D
   (`default_rcond`, numpy's matrix_rank), √(eps·r) from a Gram (`numerical_rank`).
 """
 
 import math
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._gram import AbstractGram, auto_gram
 
-#: σ_max/σ_min(D) beyond which a solve through Θ = DDᵀ (or DᵀD) is no longer trustworthy.
+#: float64: σ_max/σ_min(D) beyond which a solve through Θ = DDᵀ (or DᵀD) is no longer
+#: trustworthy (its relative error cond(D)²·eps reaches 2e-2).
 GRAM_MAX_CONDITION = 1e7
-#: σ_max/σ_min(D) beyond which a solve through a factorisation of D (QR, SVD) is not.
+#: float64: σ_max/σ_min(D) beyond which a solve through a factorisation of D (QR, SVD) is not.
 FACTOR_MAX_CONDITION = 1e10
+_EPS64 = float(jnp.finfo(jnp.float64).eps)
+
+
+def condition_limit(route: str, dtype) -> float:
+    """The σ_max/σ_min(D) a route to D⁺ resolves in `dtype`: 'gram' (through Θ or DᵀD, error
+    ≈ cond²·eps) scales as eps^(−1/2): 1e7 in float64, 432 in float32; 'factor' (QR, SVD of
+    D, error ≈ cond·eps) is 1e10 in float64 and 2e-2/eps (1.9e5) in lower precision, where
+    a 1e10 margin is not available."""
+    eps = float(jnp.finfo(dtype).eps)
+    if route == "gram":
+        return GRAM_MAX_CONDITION * math.sqrt(_EPS64 / eps)
+    if route in ("factor", "adaptive"):
+        return FACTOR_MAX_CONDITION if eps <= _EPS64 else 2e-2 / eps
+    raise ValueError(f"unknown route {route!r}; expected 'gram', 'factor' or 'adaptive'")
+
+
+#: the name of the vmapped seed axis (`flowlab.integrate.over_seeds`).
+SEED_AXIS = "seeds"
+
+
+def all_over_seeds(pred):
+    """`pred` for every seed of a vmapped batch (a collective over the seed axis, so that a
+    lax.cond on it stays a branch instead of becoming a select that runs both sides); `pred`
+    itself outside a batch."""
+    try:
+        return jax.lax.pmin(pred.astype(jnp.int32), SEED_AXIS) > 0
+    except NameError:  # not inside vmap over SEED_AXIS
+        return pred
 
 
 def default_rcond(problem) -> float:
@@ -34,10 +64,22 @@ def jacobian_svd(problem, theta: Float[Array, " K"]):
     return jnp.linalg.svd(problem.jacobian(theta), full_matrices=False)
 
 
-def singular_values(problem, theta, gram: AbstractGram | None = None) -> Float[Array, " r"]:
-    """The min(QN, K) singular values of D in increasing order, from the eigenvalues of the
-    smaller of D Dᵀ and Dᵀ D (resolves σ down to about √eps·σ_max). D Dᵀ comes from `gram`,
-    default `auto_gram(problem)` (layerwise for an MLP)."""
+def singular_values(problem, theta, gram: AbstractGram | None = None,
+                    route: str = "gram") -> Float[Array, " r"]:
+    """The min(QN, K) singular values of D in increasing order. route='gram': from the
+    eigenvalues of the smaller of D Dᵀ and Dᵀ D (resolves σ down to about √eps·σ_max; D Dᵀ
+    from `gram`, default `auto_gram(problem)`, layerwise for an MLP). route='factor': from the
+    SVD of D itself (resolves σ down to eps·σ_max), for flows whose solve factorises D.
+    route='adaptive': the Gram's while σ_min > 10·√(eps·r)·σ_max, the SVD of D below (one
+    branch runs; in a vmapped batch the SVD as soon as one seed needs it)."""
+    if route == "factor":
+        return jnp.linalg.svd(problem.jacobian(theta), compute_uv=False)[::-1]
+    if route == "adaptive":  # the Gram's eigenvalues while they resolve σ, else the SVD of D
+        sigma = singular_values(problem, theta, gram)
+        resolved = all_over_seeds(sigma[0] > 10 * math.sqrt(
+            float(jnp.finfo(sigma.dtype).eps) * sigma.size) * sigma[-1])
+        return jax.lax.cond(resolved, lambda: sigma,
+                            lambda: singular_values(problem, theta, route="factor"))
     if problem.overparametrised:
         theta_gram, _ = (gram or auto_gram(problem))(problem, theta)
     else:

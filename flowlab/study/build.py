@@ -3,18 +3,58 @@ integrator options. Nothing here runs anything."""
 
 import inspect
 
+import jax.numpy as jnp
 import jax.random as jr
 
 from .. import theory
-from ..data import GENERATORS, Dataset, load_csv, load_npz
+from ..data import GENERATORS, Dataset, load_csv, load_npz, train_test_split
 from ..flows import FLOWS
 from ..integrate import IntegratorOptions
 from ..losses import LOSSES
 from ..nets import MLP
+from ..pde import PDES, collocation_points
 from ..problem import LeastSquaresProblem
 
 
 def make_dataset(study, values: dict) -> Dataset:
+    """The training set of a cell: the generator's or file's data, less the test set when
+    data.test_fraction is set; for a PDE study its collocation points (targets 0, one
+    residual each)."""
+    if study.config["pde"]["problem"] is not None:
+        p = _pde_problem(study, MLP(study.config["data"]["in_size"], 1, [1], key=jr.key(0)),
+                         check=False)
+        points = collocation_points(p)
+        return Dataset(points, jnp.zeros((points.shape[0], 1), points.dtype))
+    full = _full_dataset(study, values)
+    if study.config["data"]["test_fraction"] is None:
+        return full
+    return _split(study, full)[0]
+
+
+def make_test_set(study, values: dict) -> Dataset | None:
+    """The held-out test set (data.test_fraction of the data, split by data.seed), or None."""
+    if study.config["pde"]["problem"] is not None or study.config["data"]["test_fraction"] is None:
+        return None
+    return _split(study, _full_dataset(study, values))[1]
+
+
+_SPLIT_STREAM = 0x73706C74  # "splt"
+
+
+def _split(study, full):
+    d = study.config["data"]
+    return train_test_split(full, d["test_fraction"], jr.fold_in(jr.key(d["seed"]), _SPLIT_STREAM))
+
+
+def _pde_problem(study, model, check=True):
+    spec, loss = study.config["pde"], study.config["loss"]
+    kwargs = dict(spec["params"])
+    if loss["kappa"] != "1/N":  # '1/N' keeps the builder's κ = 1 (weights 1/√n per term)
+        kwargs["kappa"] = float(loss["kappa"])
+    return PDES[spec["problem"]](model, check=check, **kwargs)
+
+
+def _full_dataset(study, values: dict) -> Dataset:
     d = study.config["data"]
     if d["file"] is not None:
         if d["file"].endswith(".npz"):
@@ -63,6 +103,10 @@ def make_models(study, values: dict, dataset: Dataset):
 
 
 def make_problem(study, model, dataset: Dataset) -> LeastSquaresProblem:
+    """The cell's problem: a fit of `model` to `dataset`, or for a PDE study the PDE's
+    ResidualProblem (`flowlab.pde`, the dataset then only names its collocation points)."""
+    if study.config["pde"]["problem"] is not None:
+        return _pde_problem(study, model)
     loss = study.config["loss"]
     if loss["kind"] == "squared":
         kappa = None if loss["kappa"] == "1/N" else float(loss["kappa"])

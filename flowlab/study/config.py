@@ -157,6 +157,40 @@ def _losses():
     return LOSSES
 
 
+def _pdes():
+    from ..pde import PDES
+
+    return PDES
+
+
+def _check_pde(where, config):
+    """A [pde] table: the builder's parameters checked against its signature; the model's
+    input size is the PDE's dimension, its output one number."""
+    spec = config["pde"]
+    if spec["problem"] is None:
+        if spec["params"]:
+            raise ConfigError(where, "pde.params", "pde.params needs pde.problem")
+        return
+    from ..pde import DIMENSIONS
+
+    sig = inspect.signature(_pdes()[spec["problem"]]).parameters
+    allowed = [n for n in sig if n not in ("model", "check", "kappa")]
+    for p, value in spec["params"].items():
+        if p not in allowed:
+            raise _unknown(where, f"pde.params.{p}", allowed)
+        _check_scalar_param(where, f"pde.params.{p}", value)
+    data = config["data"]
+    if data["file"] is not None or data["test_fraction"] is not None:
+        raise ConfigError(where, "pde.problem", "a PDE study takes no data.file or "
+                          "data.test_fraction (its points are the PDE's collocation points)")
+    for k in ("num_points", "in_size", "out_size"):
+        if config["sweep"][k] is not None:
+            raise ConfigError(where, f"sweep.{k}", "a PDE study sets the data shape itself")
+    if config["loss"]["kind"] != "squared":
+        raise ConfigError(where, "loss.kind", "a PDE study uses the squared loss of its residual")
+    data["in_size"], data["out_size"] = DIMENSIONS[spec["problem"]], 1
+
+
 # --- the schema ---------------------------------------------------------------------------
 
 def _setting(check):
@@ -225,6 +259,12 @@ SCHEMA: dict[str, dict[str, tuple[Callable, Any]]] = {
         "num_targets": (_int(1), 1),  # CSV: the last columns are targets
         "inputs_key": (_str(), "inputs"),  # NPZ array names
         "targets_key": (_str(), "targets"),
+        # hold out this fraction as a test set (data.seed splits): test loss along the run
+        "test_fraction": (_float(positive=True, below_one=True), None),
+    },
+    "pde": {  # a physics-informed study: flowlab.pde.PDES[problem](model, **params)
+        "problem": (_str(_pdes), None),
+        "params": (None, {}),  # the builder's keyword arguments (collocation sizes, nu, ...)
     },
     "model": {
         "depth": (_int(1), 2),
@@ -290,6 +330,9 @@ def _check_table(where, section, raw, spec) -> dict:
         if check is None:
             if not isinstance(value, dict):
                 raise ConfigError(where, full, f"expected a table, found {_typename(value)}")
+            if not _plain(value):
+                raise ConfigError(where, full, "expected numbers, strings, booleans and lists, "
+                                  f"found {_typename(value)}")
             out[key] = dict(value)
             continue
         v, err = check(value)
@@ -312,7 +355,18 @@ def _init_params(cls) -> dict[str, inspect.Parameter]:
 def _check_scalar_param(where, key, value):
     if isinstance(value, dict):
         raise ConfigError(where, key, "expected a number, string, boolean or list, found a table")
+    if not _plain(value):  # TOML dates and times: not JSON, not a parameter of anything here
+        raise ConfigError(where, key, f"expected a number, string, boolean or list, found {_typename(value)}")
     return value
+
+
+def _plain(value) -> bool:
+    """Whether a parameter value is plain JSON data (numbers, strings, booleans, lists, tables)."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(_plain(v) for v in value.values())
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _check_flows(where, raw) -> dict:
@@ -368,6 +422,23 @@ def _check_generator_params(where, data):
         data["num_points"] = 16
 
 
+def _data_file_sha256(where, data, precision) -> str:
+    """Read the data file (NumPy only: no JAX backend starts) as the runs will, so that a file
+    they could not use is a ConfigError before anything is written; returns the SHA-256 of its
+    contents (`flowlab.data.data_sha256`)."""
+    from ..data import DataFileError, data_sha256, read_csv, read_npz
+
+    dtype = "float32" if precision == "float32" else "float64"
+    try:
+        if data["file"].endswith(".npz"):
+            x, y = read_npz(data["file"], data["inputs_key"], data["targets_key"], dtype=dtype)
+        else:
+            x, y = read_csv(data["file"], data["num_targets"], dtype=dtype)
+    except DataFileError as e:
+        raise ConfigError(where, "data.file", str(e)) from None
+    return data_sha256(x, y)
+
+
 @dataclasses.dataclass(frozen=True)
 class Study:
     """A validated config: plain nested dicts, JSON-serialisable (`as_dict`)."""
@@ -391,6 +462,16 @@ class Study:
     @property
     def out_dir(self) -> str:
         return self.config["output"]["dir"]
+
+    def check_data_file(self) -> None:
+        """Raise ConfigError if the data file's contents differ from those fingerprinted when
+        the config was read (the runs would use other data than the fingerprint says)."""
+        data = self.config["data"]
+        if data.get("file") is None:
+            return
+        if _data_file_sha256(self.source, data, self.config["precision"]) != data.get("sha256"):
+            raise ConfigError(self.source, "data.file", f"{data['file']} changed since the config "
+                              "was read (its contents' SHA-256 differs); run again to use the new data")
 
 
 def parse_config(raw: dict, where: str = "<config>", name: str | None = None, base_dir: str = ".") -> Study:
@@ -420,6 +501,9 @@ def parse_config(raw: dict, where: str = "<config>", name: str | None = None, ba
         if not path.endswith((".csv", ".npz")):
             raise ConfigError(where, "data.file", f"expected a .csv or .npz file, found {path}")
         data["file"] = path
+        # the contents' fingerprint: part of the study's, so changed data is refused like a
+        # changed config
+        data["sha256"] = _data_file_sha256(where, data, config["precision"])
 
     flows, sweep = config["flows"], config["sweep"]
     if sweep["flow"] is None:
@@ -435,6 +519,7 @@ def parse_config(raw: dict, where: str = "<config>", name: str | None = None, ba
                 raise ConfigError(where, f"sweep.{k}", "cannot sweep the data shape of a data.file")
     if config["model"]["widths"] is not None and (sweep["width"] or sweep["depth"]):
         raise ConfigError(where, "model.widths", "explicit widths cannot be combined with sweep.width/depth")
+    _check_pde(where, config)
     integ = config["integrator"]
     if config["analysis"]["epsilon"] is None:
         config["analysis"]["epsilon"] = integ["cost_target_relative"] or 1e-6
@@ -456,12 +541,51 @@ def parse_config(raw: dict, where: str = "<config>", name: str | None = None, ba
     return Study(name=config["name"], source=where, config=config)
 
 
+class _Unreadable(ValueError):
+    pass
+
+
+def _split_items(text: str) -> list[str] | None:
+    """The comma-separated items of a list's inside, split at top level (not inside quotes or
+    brackets); None when the brackets or quotes do not balance."""
+    items, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    if quote or depth:
+        return None
+    items.append(text[start:])
+    if items and not items[-1].strip():  # a trailing comma, as TOML allows
+        items.pop()
+    return items
+
+
 def _parse_value(text: str):
-    """A command-line value as a TOML value; bare words are strings."""
+    """A command-line value as a TOML value; bare words are strings, also inside lists
+    (`sweep.flow=[adapted, lm]`). A value that starts like a list, table or quoted string but
+    cannot be read raises _Unreadable."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        return text
+        pass
+    if text.startswith("[") and text.endswith("]"):
+        items = _split_items(text[1:-1])
+        if items is not None and all(i.strip() for i in items):
+            return [_parse_value(i.strip()) for i in items]
+    if text.startswith(("[", "{", '"', "'")):
+        raise _Unreadable(text)
+    return text
 
 
 def apply_overrides(raw: dict, overrides: Sequence[str], where: str = "<command line>") -> dict:
@@ -480,7 +604,13 @@ def apply_overrides(raw: dict, overrides: Sequence[str], where: str = "<command 
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(where, key, f"'{p}' is not a table")
-        node[parts[-1]] = _parse_value(text.strip())
+        try:
+            node[parts[-1]] = _parse_value(text.strip())
+        except _Unreadable:
+            raise ConfigError(where, key, f"cannot read {text.strip()!r} as a TOML value; "
+                              "lists may hold bare names (sweep.flow=[adapted,standard]), other "
+                              "strings need TOML quotes inside shell quotes, e.g. "
+                              "'sweep.flow=[\"adapted\", \"a b\"]'") from None
     return raw
 
 
@@ -496,6 +626,10 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Study
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "", f"not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "", f"not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read it ({e.strerror or e})") from None
     raw = apply_overrides(raw, overrides, where=f"{path} (command line)")
     name = os.path.splitext(os.path.basename(path))[0]
     return parse_config(raw, where=path, name=name, base_dir=os.path.dirname(os.path.abspath(path)))

@@ -2,7 +2,7 @@ r"""The typed record of one run (one seed of one cell): the single place where e
 column is defined, with its meaning, its report header and how the report aggregates it over
 seeds. summary.csv, `flowlab report` and the figures are all derived from these fields.
 
-Optional groups (`lsq`, `equilibrium`, `path`) are records of their own; in summary.csv their
+Optional groups (`lsq`, `equilibrium`, `path`, `test`, `pde`) are records of their own; in summary.csv their
 columns are prefixed with the group's name and a dot ("equilibrium.rank").
 """
 
@@ -69,6 +69,35 @@ class PathRecord:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class TestRecord:
+    """The loss on held-out data along the run (data.test_fraction; `study.extras`)."""
+
+    num_points: int = column("test examples", "N test", "first")
+    loss0: float = column("test loss at θ0 (the training loss's kind, normalised by N test)")
+    loss: float = column("test loss at the end", "test C")
+    best_loss: float = column("lowest test loss over the saves", "best test C", "min")
+    s_best: float = column("s (or Σh) of the lowest test loss", "s best")
+    loss_at_eps: float = column("test loss at the first save with training C ≤ ε·C(0) (the "
+                                "stop a priori T_ε aims at)", "test C at ε")
+    accuracy: float = column("fraction of test points whose largest output is the largest "
+                             "target, at the end (NaN for Q = 1)", "test acc")
+    accuracy_at_eps: float = column("the same at the first save with C ≤ ε·C(0)",
+                                    "test acc at ε")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PDERecord:
+    """A physics-informed run: |u_θ − u*|₂/|u*|₂ on the PDE's fine grid (`flowlab.pde`)."""
+
+    problem: str = column("the PDE (flowlab.pde.PDES)", "pde", "first")
+    error0: float = column("relative L2 error at θ0")
+    error: float = column("relative L2 error at the end", "rel L2")
+    best_error: float = column("lowest relative L2 error over the saves", "best rel L2", "min")
+    s_best: float = column("s (or Σh) of the lowest error", "s best")
+    error_at_eps: float = column("error at the first save with C ≤ ε·C(0)", "rel L2 at ε")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RunRecord:
     """One run: what was run, how it ended, and measured against what its flow predicts."""
 
@@ -90,8 +119,12 @@ class RunRecord:
     step_size: float = column("Euler step h (NaN for the ODE)", "h", "first")
     # how it ended
     stop_reason: str = column("why the run ended (flowlab.STOP_REASONS)", "stop", "join")
+    reached_target: bool = column("stopped at its cost target", aggregate="join")
+    failure: str = column("why the run failed to do what it was asked, with where it stood "
+                          "('' when it did not: reaching t1 by design is no failure)",
+                          "failure", "join")
     steps: int = column("integrator steps", "steps", "max")
-    rejected_steps: int = column("rejected ODE steps, or Euler step halvings", aggregate="max")
+    rejected_steps: int = column("rejected ODE steps, or Euler step halvings", "rejected", "max")
     field_evals: int = column("vector-field evaluations (−1 when not counted)", "evals", "max")
     wall_time: float = column("wall time of the cell's compiled solve, s (all seeds)", "wall s")
     compile_time: float = column("compile time of the cell's solve, s (0: cached)")
@@ -141,18 +174,25 @@ class RunRecord:
     rank_start: float = column("numerical rank of D at θ0")
     min_rank: float = column("min numerical rank of D over the saves", "min rank", "min")
     full_rank: int = column("min(QN, K)", aggregate="first")
+    dead_units: int = column("hidden units with σ' = 0 on every input at the end (zero columns "
+                             "of D; −1: not an MLP)", "dead", "max")
+    nearest_kink: str = column("the hidden pre-activation z_ij closest to a kink at the end, for "
+                               "activations with kinks ('' otherwise)", aggregate="join")
     # optional groups
     lsq: LeastSquaresRecord | None = column("comparison with scipy least_squares", default=None)
     equilibrium: EquilibriumRecord | None = column("equilibrium analysis of the end point",
                                                    default=None)
     path: PathRecord | None = column("sub-Riemannian path lengths", default=None)
+    test: TestRecord | None = column("loss on held-out data", default=None)
+    pde: PDERecord | None = column("error against a PDE's exact solution", default=None)
 
     def as_row(self) -> dict:
         """The flat row of summary.csv (groups as 'group.field')."""
         return flatten(self)
 
 
-_GROUPS = {"lsq": LeastSquaresRecord, "equilibrium": EquilibriumRecord, "path": PathRecord}
+_GROUPS = {"lsq": LeastSquaresRecord, "equilibrium": EquilibriumRecord, "path": PathRecord,
+           "test": TestRecord, "pde": PDERecord}
 
 
 def flatten(record) -> dict:

@@ -64,7 +64,8 @@ def report_columns(rows: list[dict], aggregated: bool,
         if only is None and f.metadata["header"] is None:
             continue
         values = [r.get(key) for r in rows]
-        if only is None and all(isinstance(v, float) and math.isnan(v) for v in values):
+        if only is None and all((isinstance(v, float) and math.isnan(v)) or v == ""
+                                for v in values):
             continue
         if only is None and key in ("M", "depth", "Q", "activation", "step_size") and len(
                 {str(v) for v in values}) == 1:

@@ -9,6 +9,7 @@ adds scipy's least_squares from the same start.
 """
 
 import math
+import sys
 import time
 from collections.abc import Callable
 
@@ -20,11 +21,12 @@ import numpy as np
 from .. import theory
 from ..equilibria import analyse_equilibrium
 from ..geometry import SUBRIEMANNIAN_EXTRAS, path_lengths
-from ..integrate import STOP_REASONS, euler_steps, simulate
+from ..integrate import FAILURES, STOP_REASONS, euler_steps, resolved_cost, simulate
 from ..interpolation import segment_distance
-from ..linalg import singular_values
+from ..linalg import is_mlp_problem, singular_values
 from .build import hidden_widths, make_dataset, make_flow, make_models, make_options, make_problem
 from .config import Study
+from .extras import ExtraAnalyses
 from .grid import Cell, expand_grid
 from .records import EquilibriumRecord, LeastSquaresRecord, PathRecord, RunRecord
 from .store import RunStore, now
@@ -33,13 +35,37 @@ __all__ = ["run_cell", "run_study"]
 
 
 @eqx.filter_jit
-def _end_diagnostics(problem, theta0, theta_final):
-    sv = jax.vmap(lambda th: singular_values(problem, th))
+def _end_diagnostics(problem, theta0, theta_final, route):
+    sv = jax.vmap(lambda th: singular_values(problem, th, route=route))
     grad = jax.vmap(lambda th: jnp.linalg.norm(jax.grad(problem.cost)(th)))
     x_star = jax.vmap(lambda th: problem.loss.minimiser(problem.outputs(th), problem.targets))
     x_final = jax.vmap(problem.outputs)(theta_final)
     return sv(theta0), sv(theta_final), grad(theta_final), jnp.max(
         jnp.abs(x_final - x_star(theta0)), axis=-1)
+
+
+@eqx.filter_jit
+def _kinks(problem, theta_final):
+    """Dead units, and the pre-activation nearest a kink (point, unit, z), at each end point."""
+
+    def one(theta):
+        model = problem.model(theta)
+        z = model.hidden_preactivations(problem.inputs)
+        k = jnp.argmin(jnp.abs(z))
+        return model.dead_units(problem.inputs), k // z.shape[1], k % z.shape[1], z.ravel()[k]
+
+    return jax.vmap(one)(theta_final)
+
+
+def _failure(reason, steps, t_final, t1, target_expected, cost_ratio, floor_ratio):
+    """Why a run failed to do what it was asked ('' if it did not). Reaching t1 is a failure
+    only where the flow's predicted T_ε promised the cost target before it."""
+    if reason in FAILURES:
+        return f"{reason} after {steps} steps at s = {t_final:.4g} of {t1:.4g}"
+    if reason == "t1_reached" and target_expected:
+        return (f"cost target not reached by t1 = {t1:.4g} although T_ε ≤ t1: C/C0 = "
+                f"{cost_ratio:.3g} (round-off floor of this dtype: {floor_ratio:.3g})")
+    return ""
 
 
 @eqx.filter_jit
@@ -99,6 +125,14 @@ def _per_unit_time(rate, h):
     return math.inf if ratio == 0 else -math.log(ratio) / h
 
 
+def _max_over_bound(cost, ts, cost0, rate, resolved):
+    """max_s C(s)/(C(0)e^{−rate·s}) over the saves the solve resolves (C above `resolved`)."""
+    keep = cost > resolved
+    if not math.isfinite(rate) or not np.any(keep):
+        return math.nan
+    return float(np.max(cost[keep] / (cost0 * np.exp(-rate * ts[keep]))))
+
+
 def _segment(outputs, outputs0, targets):
     span = float(np.linalg.norm(np.asarray(targets) - np.asarray(outputs0)))
     if outputs.shape[0] == 0 or span == 0:
@@ -121,6 +155,8 @@ def run_cell(study: Study, cell: Cell) -> tuple[dict, list[RunRecord]]:
     opts = make_options(study, v, kappa)
     if analysis["path_lengths"]:
         opts = opts.build(opts, extras=SUBRIEMANNIAN_EXTRAS, save_theta=True)
+    more = ExtraAnalyses(study, v, problem, models[0])  # test loss, PDE error (study.extras)
+    opts = more.options(opts)
     if euler:
         tr = euler_steps(problem, flow, theta0, options=opts)
         h = float(opts.resolve(problem, flow).step_size)
@@ -128,16 +164,20 @@ def run_cell(study: Study, cell: Cell) -> tuple[dict, list[RunRecord]]:
         tr = simulate(problem, flow, theta0, options=opts)
         h = None
     sigma0, sigma1, grad_final, endpoint_error = (
-        np.asarray(a) for a in _end_diagnostics(problem, theta0, tr.theta_final))
+        np.asarray(a) for a in _end_diagnostics(problem, theta0, tr.theta_final,
+                                                flow.spectrum_route(problem)))
+    kinks = [np.asarray(a) for a in _kinks(problem, tr.theta_final)] if is_mlp_problem(
+        problem) else None
     lsq = (_least_squares(problem, theta0, c["compare"]["least_squares_max_nfev"])
            if c["compare"]["least_squares"] else None)
 
     eps = analysis["epsilon"]
     stop_target = opts.cost_target_relative
-    floor = theory.cost_floor(np.asarray(problem.targets), kappa)
+    floor = float(theory.cost_floor(problem.targets, kappa))
     c_min = float(problem.loss.minimum(problem.targets))
     c_min = 0.0 if not math.isfinite(c_min) else c_min
     bound = flow.rate_bound(problem)
+    resolved = float(resolved_cost(problem, opts.resolve(problem, flow)))
     ts, cost, valid = np.asarray(tr.ts), np.asarray(tr.cost), np.asarray(tr.valid)
     outputs = np.asarray(tr.outputs)
     codes = np.asarray(tr.stop_code)
@@ -174,7 +214,7 @@ def run_cell(study: Study, cell: Cell) -> tuple[dict, list[RunRecord]]:
                 "activation": v["activation"], "N": dataset.num_points, "M": dataset.in_size,
                 "Q": dataset.out_size, "K": problem.num_params, "QN": problem.num_outputs,
                 "kappa": kappa, "step_size": math.nan if h is None else h}
-        extra = {}
+        extra = more.records(tr, i, eps)
         if lsq is not None:
             L = lsq[i]
             extra["lsq"] = LeastSquaresRecord(
@@ -197,7 +237,14 @@ def run_cell(study: Study, cell: Cell) -> tuple[dict, list[RunRecord]]:
                 max_vertical_fraction=L["max_vertical_fraction"])
         records.append(RunRecord(
             **base, **extra,
-            stop_reason=reason, steps=int(np.asarray(tr.num_steps)[i]),
+            stop_reason=reason, reached_target=reason == "cost_target",
+            failure=_failure(
+                reason, int(np.asarray(tr.num_steps)[i]), float(t_final[i]),
+                float(opts.t1) if not euler else math.inf,
+                stop_target is not None and not euler
+                and theory.decay_time(stop_target, p0) <= float(opts.t1),
+                float(cost_final[i] / cost0[i]), floor / float(cost0[i])),
+            steps=int(np.asarray(tr.num_steps)[i]),
             rejected_steps=int(np.asarray(tr.num_rejected_steps)[i]),
             field_evals=int(np.asarray(tr.num_field_evals)[i]),
             wall_time=float(tr.wall_time), compile_time=float(tr.compile_time),
@@ -208,8 +255,7 @@ def run_cell(study: Study, cell: Cell) -> tuple[dict, list[RunRecord]]:
             predicted_tail_rate=theory.fit_decay_rate(t_i[tail], predicted[tail] - c_min,
                                                       floor=floor),
             relative_error=_relerr(rate, p0), tail_relative_error=_relerr(tail_rate, p1),
-            max_cost_over_bound=(float(np.max(c_i / (float(cost0[i]) * np.exp(-bound * t_i))))
-                                 if math.isfinite(bound) else math.nan),
+            max_cost_over_bound=_max_over_bound(c_i, t_i, float(cost0[i]), bound, resolved),
             theory_log_error=theory.max_log_error(c_i, predicted, floor),
             epsilon=eps,
             T_eps_predicted=theory.decay_time(eps, p0),
@@ -224,6 +270,9 @@ def run_cell(study: Study, cell: Cell) -> tuple[dict, list[RunRecord]]:
             rank_start=float(r_ok[0]) if r_ok.size and np.isfinite(r_ok[0]) else math.nan,
             min_rank=float(np.nanmin(r_ok)) if r_ok.size and np.any(np.isfinite(r_ok)) else math.nan,
             full_rank=min(problem.num_params, problem.num_outputs),
+            dead_units=int(kinks[0][i]) if kinks else -1,
+            nearest_kink=(f"point {int(kinks[1][i])}, unit {int(kinks[2][i])}: z = "
+                          f"{float(kinks[3][i]):.2e}" if kinks and problem.piecewise_smooth else ""),
         ))
 
     arrays = {
@@ -245,6 +294,7 @@ def run_cell(study: Study, cell: Cell) -> tuple[dict, list[RunRecord]]:
     if lsq is not None:
         arrays["lsq_theta"] = np.stack([L["lsq_theta"] for L in lsq])
         arrays["theta_final"] = np.asarray(tr.theta_final)
+    arrays.update(more.arrays(tr))
     return arrays, records
 
 
@@ -275,8 +325,11 @@ def run_study(
 ) -> RunStore:
     """Run every unfinished cell of `study` into `out_dir` (default study's output.dir).
 
-    Finished cells of an earlier run of the same config are skipped; a folder holding another
-    config raises StoreError. A failing cell is recorded as failed and the sweep goes on; the
+    Finished cells of an earlier run of the same config are skipped, once their files match
+    the checksums in the manifest; damaged or missing ones are reported (on stderr) and
+    recomputed. A folder holding another config, or in use by another run (it holds the
+    folder's lock until the end), raises StoreError; a data file changed since the config was
+    read raises ConfigError. A failing cell is recorded as failed and the sweep goes on; the
     returned store's manifest says which. `jobs` > 1 runs that many cells at once in threads
     (XLA compiles on one core: two cores compile two cells at once); results are identical,
     only the store is written from this thread. `after_cell` is called after each stored
@@ -284,7 +337,10 @@ def run_study(
     if int(jobs) < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     cells = expand_grid(study)
+    study.check_data_file()
     store = RunStore.open(out_dir or study.out_dir, study, cells)
+    for note in store.notes:
+        print(f"flowlab: warning: {note}", file=sys.stderr)
     todo = [cell for cell in cells if not store.is_done(cell.id)]
     bar = None
     if progress:
