@@ -16,7 +16,6 @@ Wall time after warm-up (min of ≥ 3 calls); peak memory from the compiled exec
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,6 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flowlab as fl  # noqa: E402
 from run import fmt_bytes, machine, memory_bytes, timeit  # noqa: E402
 
