@@ -36,7 +36,7 @@ __all__ = ["run_cell", "run_study"]
 
 @eqx.filter_jit
 def _end_diagnostics(problem, theta0, theta_final, route):
-    sv = jax.vmap(lambda th: singular_values(problem, th, route=route))
+    sv = lambda ths: jax.lax.map(lambda th: singular_values(problem, th, route=route), ths)  # noqa: E731  (no batched LAPACK: it hangs on jaxlib 0.10.2)
     grad = jax.vmap(lambda th: jnp.linalg.norm(jax.grad(problem.cost)(th)))
     x_star = jax.vmap(lambda th: problem.loss.minimiser(problem.outputs(th), problem.targets))
     x_final = jax.vmap(problem.outputs)(theta_final)
