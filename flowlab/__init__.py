@@ -94,6 +94,9 @@ from .integrate import (
     IntegratorOptions as IntegratorOptions,
 )
 from .integrate import (
+    OutputPathSolver as OutputPathSolver,
+)
+from .integrate import (
     Trajectory as Trajectory,
 )
 from .integrate import (

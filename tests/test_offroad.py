@@ -22,15 +22,16 @@ def relu_problem():
     return fl.LeastSquaresProblem(fl.MLP(2, 1, (64,), "relu", key=jr.key(0)), data, kappa=1.0)
 
 
-def test_relu_orbit_slides_on_a_kink_and_stops_by_name(relu_problem):
+def test_relu_ode_slides_on_a_kink_and_stops_by_name(relu_problem):
     """The adapted field of a ReLU net has sliding kinks: at some z_ij = 0 the fields on both
     sides push into the surface (Filippov), where the classical flow does not exist and
-    X' = −κ(X − Y) fails. The default integration neither crawls to max_steps nor hides it: it
-    stops by bound_violated within a few thousand steps, next to a kink where both one-sided
-    velocities point into z = 0."""
+    X' = −κ(X − Y) fails for the Filippov motion. A Runge–Kutta integration of θ' neither crawls
+    to max_steps nor hides it: it stops by bound_violated within a few thousand steps, next to a
+    kink where both one-sided velocities point into z = 0."""
     pb, flow = relu_problem, fl.AdaptedFlow()
     assert pb.piecewise_smooth
-    tr = fl.simulate(pb, flow, t1=20.0, cost_target_relative=1e-8, rtol=1e-10, atol=1e-10)
+    tr = fl.simulate(pb, flow, t1=20.0, cost_target_relative=1e-8, rtol=1e-10, atol=1e-10,
+                     solver="tsit5")
     assert tr.stop_reason == "bound_violated" and int(tr.num_steps) < 5000
     theta = tr.theta_final
     model = pb.model(theta)
@@ -45,6 +46,28 @@ def test_relu_orbit_slides_on_a_kink_and_stops_by_name(relu_problem):
     zdot_across = jax.jvp(pre, (across,), (flow.velocity(pb, across),))[1][k]
     assert float(pre(across)[k]) * float(z[k]) < 0  # the other side
     assert float(zdot[k]) * float(z[k]) < 0 and float(zdot_across) * float(z[k]) > 0
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_relu_output_path_obeys_the_cost_law(activation):
+    """The default for kinked activations follows X*(s) = Y + e^{−κs}(X(0) − Y) by Gauss–Newton
+    onto it: through the sliding kinks above, |log C(s)/C(0) + 2κs| ≤ 1e-6 at every save, X at
+    the saves on X*(s) to 1e-6 relative, and the run stops by the cost target at T_ε to 1e-6."""
+    data = fl.smooth_regression(jr.key(0), 8, 2)
+    pb = fl.LeastSquaresProblem(fl.MLP(2, 1, (64,), activation, key=jr.key(0)), data, kappa=1.0)
+    t_eps = np.log(1e8) / 2
+    tr = fl.simulate(pb, fl.AdaptedFlow(), t1=1.05 * t_eps, cost_target_relative=1e-8,
+                     num_saves=41, max_condition=None)
+    assert tr.stop_reason == "cost_target"
+    assert abs(float(tr.t_final) / t_eps - 1) < 1e-6
+    ok = np.asarray(tr.valid)
+    ts, cost = np.asarray(tr.ts)[ok], np.asarray(tr.cost)[ok]
+    assert ok.sum() == 39  # the saves up to T_ε = 38.1 save intervals
+    assert np.max(np.abs(np.log(cost / cost[0]) + 2 * ts)) < 1e-6
+    x0, y = np.asarray(tr.outputs0), np.asarray(pb.targets)
+    path = y + np.exp(-ts)[:, None] * (x0 - y)
+    gap = np.linalg.norm(np.asarray(tr.outputs)[ok] - path, axis=1)
+    assert np.max(gap / np.linalg.norm(path - y, axis=1)) < 1e-6
 
 
 def test_relu_runs_in_a_study_end_named_with_the_kink(tmp_path, capsys):
@@ -68,7 +91,7 @@ seeds = 2
     out = tmp_path / "run"
     rc = main(["run", str(config), "--out", str(out), "--quiet", "--no-plot", "--jobs", "1"])
     for r in read_summary(str(out)):
-        assert r["stop_reason"] in ("bound_violated", "cost_target"), r["stop_reason"]
+        assert r["stop_reason"] == "cost_target", r["stop_reason"]
         assert r["steps"] < 3000 and r["dead_units"] >= 0
         assert r["nearest_kink"].startswith("point ")
         assert r["failure"] == "" and rc == 0  # a finding about the orbit, not a failure
@@ -125,3 +148,14 @@ def test_float32_quickstart_reaches_its_target(tmp_path):
     for r in adapted:
         assert r["stop_reason"] == "cost_target" and r["steps"] < 1000
         assert abs(r["measured_rate"] - 2 * r["kappa"]) < 0.01 * 2 * r["kappa"]
+
+
+def test_output_path_needs_a_flow_with_one(relu_problem):
+    """Only a flow that fixes X*(s) a priori can be followed by Gauss–Newton onto it."""
+    with pytest.raises(ValueError, match="no a priori output path"):
+        fl.simulate(relu_problem, fl.GradientFlow(), t1=1.0, solver="output_path")
+    small = fl.LeastSquaresProblem(fl.MLP(2, 1, (2,), "relu", key=jr.key(0)),
+                                   fl.smooth_regression(jr.key(0), 16, 2))
+    assert not small.overparametrised
+    with pytest.raises(ValueError, match="no a priori output path"):
+        fl.simulate(small, fl.AdaptedFlow(), t1=1.0, solver="output_path")

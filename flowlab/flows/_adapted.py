@@ -2,7 +2,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from ..linalg import SOLVERS, AbstractPinvSolver, SVDSolver, resolve_solver
-from ._base import AbstractFlow
+from ._base import AbstractFlow, linear_theory_applies
 
 
 class AdaptedFlow(AbstractFlow):
@@ -44,6 +44,15 @@ class AdaptedFlow(AbstractFlow):
     def velocity(self, problem, theta):
         g = problem.output_gradient(problem.outputs(theta))
         return -self._solver(problem).solve(problem, theta, g)
+
+    def output_path(self, problem):
+        if not (linear_theory_applies(problem) and problem.overparametrised):
+            return None
+        targets, kappa = problem.targets, problem.kappa
+        return lambda outputs0, s: targets + jnp.exp(-kappa * s) * (outputs0 - targets)
+
+    def pullback(self, problem, theta, dx):
+        return self._solver(problem).solve(problem, theta, dx)
 
     def mode_rates(self, problem, sigma):
         return jnp.full_like(sigma, problem.kappa)

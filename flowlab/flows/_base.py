@@ -51,6 +51,16 @@ class AbstractFlow(eqx.Module):
     def check(self, problem) -> None:
         """Raise a ValueError when the flow cannot apply to the problem."""
 
+    def output_path(self, problem):
+        """X*(s) as a function (X(0), s) -> X*(s) where the flow fixes the output trajectory a
+        priori (the adapted flow at full row rank: X* = Y + e^{−κs}(X(0) − Y)); None otherwise.
+        Where it exists the 'output_path' integrator follows it (MATH §9)."""
+        return None
+
+    def pullback(self, problem, theta: Float[Array, " K"], dx: Float[Array, " QN"]):
+        """The minimum-norm dθ with D dθ = dX: D⁺dX (flows with an `output_path` only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no output path to follow")
+
     def at_start(self, problem, theta0: Float[Array, " K"]) -> "AbstractFlow":
         """The flow for a run from θ0 (for flows defined by the start, e.g. interpolation)."""
         return self

@@ -8,6 +8,7 @@ from ._ode import make_solver as make_solver
 from ._ode import simulate as simulate
 from ._ode import solve as solve
 from ._options import IntegratorOptions as IntegratorOptions
+from ._output_path import OutputPathSolver as OutputPathSolver
 from ._record import resolved_cost as resolved_cost
 from ._trajectory import (
     FAILURES as FAILURES,

@@ -12,6 +12,7 @@ from ..flows import AbstractFlow
 from ..linalg import singular_values
 from ._batch import initial_theta, over_seeds, prepare, run_batched
 from ._options import IMPLICIT_SOLVERS, IntegratorOptions
+from ._output_path import OutputPathSolver
 from ._record import cost_target, resolved_cost, saved_statistics
 from ._trajectory import STOP_CODE, Trajectory
 
@@ -98,10 +99,24 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
             cond_fns, root_finder=optx.Newton(rtol=1e-12, atol=1e-12) if target is not None else None
         )
 
-    solver = make_solver(opts.solver)
     term, y0 = diffrax.ODETerm(flow), theta0
     controller = diffrax.PIDController(rtol=opts.rtol, atol=opts.atol, dtmin=opts.dtmin,
                                        force_dtmin=opts.dtmin is not None)
+    on_path = opts.solver == "output_path"
+    if on_path:
+        solver = OutputPathSolver(flow, tol=opts.rtol)
+        # where Gauss–Newton cannot reach X*(s) even over a step of 1e-9·t1, X*(s) has left
+        # the image of θ ↦ X near θ: D lost rank (ends as rank_loss, not max_steps)
+        controller = diffrax.PIDController(rtol=opts.rtol, atol=opts.atol, dtmin=1e-9 * opts.t1)
+        # step exactly to the save times, and to just past the path's T_ε so that the cost
+        # event is root-found inside one step of X on the path, not on an interpolant
+        nodes = opts.ts
+        if target is not None:
+            t_hit = jnp.log(cost0 / target) / (2 * problem.kappa) + 10 * opts.rtol / problem.kappa
+            nodes = jnp.sort(jnp.append(nodes, jnp.clip(t_hit, 0.0, opts.t1)))
+        controller = diffrax.ClipStepSizeController(controller, step_ts=nodes)
+    else:
+        solver = make_solver(opts.solver)
     sol = diffrax.diffeqsolve(
         term,
         solver,
@@ -112,7 +127,8 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
         args=problem,
         saveat=diffrax.SaveAt(
             subs=[diffrax.SubSaveAt(ts=opts.ts, fn=stats),
-                  diffrax.SubSaveAt(t1=True, fn=lambda t, y, args: theta_of(y))]
+                  diffrax.SubSaveAt(t1=True, fn=lambda t, y, args: theta_of(y))],
+            solver_state=on_path,
         ),
         stepsize_controller=controller,
         event=event,
@@ -126,6 +142,10 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
     code = jnp.where(sol.result == diffrax.RESULTS.successful, STOP_CODE["t1_reached"],
                      STOP_CODE["solver_failed"])
     code = jnp.where(sol.result == diffrax.RESULTS.max_steps_reached, STOP_CODE["max_steps"], code)
+    if on_path:  # Θ singular at a Gauss–Newton iterate, or X*(s) out of reach: D lost rank
+        lost_rank = ((sol.result == diffrax.RESULTS.singular)
+                     | (sol.result == diffrax.RESULTS.dt_min_reached))
+        code = jnp.where(lost_rank, STOP_CODE["rank_loss"], code)
     if event is not None:
         if "guard" in cond_fns:
             tripped = _guards(problem, flow, t_final, theta_final, cost0, opts)
@@ -142,7 +162,12 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
     code = jnp.where(bad_start, STOP_CODE["non_finite_start"], code)
     steps = sol.stats["num_steps"]
     per_step = _field_evals_per_step(solver)
-    evals = jnp.full_like(steps, -1) if per_step is None else per_step[0] * steps + per_step[1]
+    if on_path:  # one D⁺ per Gauss–Newton iteration (accepted steps)
+        evals = sol.solver_state[1].astype(steps.dtype)
+    elif per_step is None:
+        evals = jnp.full_like(steps, -1)
+    else:
+        evals = per_step[0] * steps + per_step[1]
     return {
         "ts": ts_saved,
         "valid": jnp.isfinite(ts_saved),

@@ -15,11 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-#: 'auto' dtmin for activations with kinks, relative to t1: without it the controller shrinks the
-#: step to ~rtol/jump at every kink and crawls (measured on the ReLU quickstart: 20 000 steps to
-#: s = 0.03–0.5 of 155); with it a crossing costs a forced step. 1e-4 made forced steps across
-#: kinks blow θ up on a width-16 ReLU net (θ' ~ 1/σ_min is large there).
-DTMIN_KINKS = 1e-5
+#: 'auto' dtmin for activations with kinks, relative to t1, for flows integrated by an ODE solver
+#: (the adapted flow follows its output path instead): without it the controller shrinks the step
+#: to ~rtol/jump at every kink and crawls (20 000 steps to s = 0.03–0.5 of 155 on the ReLU
+#: quickstart); with it a crossing costs a forced step. The standard flow chatters along sliding
+#: kinks at dtmin: 1e-4·t1 takes 10 081 steps to t1 there, its costs at the saves within 1 % of
+#: 3e-4·t1's; 1e-5·t1 took 101 075 steps, past the default max_steps.
+DTMIN_KINKS = 1e-4
 
 #: rtol and atol are raised to at least this many eps of θ's dtype (1.2e-5 in float32).
 TOLERANCE_EPS = 100
@@ -27,6 +29,9 @@ TOLERANCE_EPS = 100
 #: ODE solvers by name (see `make_solver`); implicit ones get a matrix-free Newton–GMRES.
 EXPLICIT_SOLVERS = ("bosh3", "dopri5", "dopri8", "euler", "heun", "tsit5")
 IMPLICIT_SOLVERS = ("kvaerno3", "kvaerno5")
+#: 'output_path' follows a flow's a priori output trajectory (OutputPathSolver, MATH §9);
+#: 'auto' picks it for activations with kinks where the flow has one, tsit5 otherwise.
+SOLVER_NAMES = ("auto", "output_path", *EXPLICIT_SOLVERS, *IMPLICIT_SOLVERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +90,7 @@ def _boolean(v):
 
 
 def _solver(v):
-    if v not in EXPLICIT_SOLVERS + IMPLICIT_SOLVERS:
+    if v not in SOLVER_NAMES:
         raise ValueError
     return v
 
@@ -116,7 +121,7 @@ COUNT = Check("an integer >= 1", _integer(1))
 OPTIONAL_COUNT = Check("an integer >= 1, or off", _integer(1), optional=True)
 SAVES = Check("an integer >= 2", _integer(2))
 BOOL = Check("true or false", _boolean)
-SOLVER = Check(f"one of {list(EXPLICIT_SOLVERS + IMPLICIT_SOLVERS)}", _solver)
+SOLVER = Check(f"one of {list(SOLVER_NAMES)}", _solver)
 TIMES = Check("a list of >= 2 increasing times >= 0, or off", _times, optional=True)
 AUTO_OR_POSITIVE = Check("a positive number, 'auto' or off", _condition, optional=True)
 BATCHING = Check("one of ['auto', 'vmap', 'map']", lambda v: _choice(v, ("auto", "vmap", "map")))
@@ -145,8 +150,12 @@ class IntegratorOptions(eqx.Module):
                                TIMES)
     num_saves: int = setting(101, "number of equally spaced save times when ts is off", SAVES,
                              static=True)
-    solver: str = setting("tsit5", "diffrax solver; implicit Kvaerno uses Newton with "
-                          "matrix-free GMRES", SOLVER, static=True)
+    solver: str = setting(
+        "auto", "diffrax solver (implicit Kvaerno uses Newton with matrix-free GMRES), or "
+        "'output_path': Gauss–Newton steps onto the flow's a priori output trajectory "
+        "X*(s) (the adapted flow at full rank), exact in X and indifferent to kinks; 'auto': "
+        "output_path for activations with kinks where the flow has one, tsit5 otherwise",
+        SOLVER, static=True)
     rtol: float = setting(1e-8, "relative tolerance of the PID step-size controller", POSITIVE)
     atol: float = setting(1e-8, "absolute tolerance of the PID step-size controller", POSITIVE)
     dt0: float | None = setting(None, "first step (off: diffrax chooses)", OPTIONAL_POSITIVE)
@@ -261,9 +270,19 @@ class IntegratorOptions(eqx.Module):
         batching = self.seed_batching
         if batching == "auto":
             batching = "map" if jax.default_backend() == "cpu" else "vmap"
+        solver = self.solver
+        has_path = flow.output_path(problem) is not None
+        if solver == "auto":
+            solver = "output_path" if problem.piecewise_smooth and has_path else "tsit5"
+        if solver == "output_path" and not has_path:
+            raise ValueError(
+                f"integrator setting solver = 'output_path': the {type(flow).__name__} on this "
+                "problem has no a priori output path (the adapted flow at full row rank with "
+                "the squared loss has); choose an ODE solver such as 'tsit5'")
         dtmin = self.dtmin
         if dtmin == "auto":
-            dtmin = DTMIN_KINKS * float(self.t1) if problem.piecewise_smooth else None
+            dtmin = (DTMIN_KINKS * float(self.t1)
+                     if problem.piecewise_smooth and solver != "output_path" else None)
         num = lambda v: None if v is None else jnp.asarray(v, dtype)  # noqa: E731
         # a tolerance below the dtype's resolution cannot be met: the step size would collapse
         # (float32 at the float64 default 1e-8 stalled at C/C0 ≈ 0.99)
@@ -277,7 +296,7 @@ class IntegratorOptions(eqx.Module):
             sigma_min_tol=num(self.sigma_min_tol), max_condition=num(max_condition),
             sufficient_decrease=num(self.sufficient_decrease),
             theta_norm_max=num(self.theta_norm_max), step_size=num(step),
-            bound_slack=num(bound_slack), seed_batching=batching,
+            bound_slack=num(bound_slack), seed_batching=batching, solver=solver,
             ts=jnp.asarray(self.save_times(), dtype),
         )
 
