@@ -1,6 +1,11 @@
 """flowlab benchmarks: one command, results as JSON and Markdown.
 
     python benchmarks/run.py [--quick] [--only field,fit,study] [--out benchmarks/results]
+        [--dtype float32] [--ns 4096 --widths 512 --strategies layerwise+cholesky]
+        [--fit-n 4096 --fit-width 256 --fit-repeats 1] [--tag gpu]
+
+The options after the first line are for the GPU script (benchmarks/gpu.sh); without them the
+benchmarks are the ones the README reports (float64, the grids below).
 
 (a) field: one adapted vector-field evaluation θ' = −D⁺∇_X C against width (K) and N for each
     Gram/solve strategy: wall time after warm-up, compile time, peak memory from the compiled
@@ -34,9 +39,9 @@ import jax.random as jr
 import numpy as np
 
 import flowlab as fl
-from flowlab.linalg import CGSolver, CholeskySolver, DenseGram, LayerwiseGram
+from flowlab.linalg import CGSolver, CholeskySolver, DenseGram, LayerwiseGram, ShardedGram
 
-GRID: dict = {}  # --widths / --ns overrides for the field benchmark
+GRID: dict = {}  # --widths / --ns / --strategies / --fit-* overrides
 MAX_SECONDS = 60.0
 MAX_BYTES = 4 * 2**30
 ROOT = Path(__file__).resolve().parent
@@ -126,6 +131,10 @@ STRATEGIES = {  # the first is the reference the others are compared with
     "cg (matrix-free)": lambda qn: fl.AdaptedFlow(CGSolver(rtol=1e-10, atol=1e-14,
                                                            max_steps=min(qn, 500))),
 }
+#: run only when named in --strategies: the examples split over all devices (ShardedGram).
+EXTRA_STRATEGIES = {
+    "sharded+cholesky": lambda qn: fl.AdaptedFlow(CholeskySolver(ShardedGram())),
+}
 
 
 def estimate(strategy, k, n, width, rate):
@@ -136,7 +145,7 @@ def estimate(strategy, k, n, width, rate):
         flops, mem = 1.5 * k * fwd, k * acts + n * k * 8
     elif strategy.startswith("jacrev"):
         flops, mem = 3.0 * n * fwd + 2 * n * n * k, 2 * n * k * 8 + n * acts
-    elif strategy.startswith("layerwise"):
+    elif strategy.startswith(("layerwise", "sharded")):
         flops, mem = 6.0 * fwd + 4 * n * n * width, 8 * (3 * k + n * n + 4 * n * width)
     else:
         flops, mem = 2 * min(n, 500) * 3.0 * fwd, 8 * (6 * k + acts)
@@ -149,7 +158,10 @@ def bench_field(quick):
     widths = GRID.get("widths", widths)
     ns = GRID.get("ns", ns)
     rate = matmul_rate()
-    print(f"matmul reference: {rate / 1e9:.1f} GFLOP/s (float64, 1024x1024)", flush=True)
+    print(f"matmul reference: {rate / 1e9:.1f} GFLOP/s ({jnp.zeros(()).dtype}, 1024x1024)",
+          flush=True)
+    strategies = {**STRATEGIES, **EXTRA_STRATEGIES}
+    names = GRID.get("strategies", list(STRATEGIES))
     rows, skipped = [], []
     for n in ns:
         for width in widths:
@@ -157,9 +169,10 @@ def bench_field(quick):
             k, qn = p.num_params, p.num_outputs
             theta = p.theta0
             ref_v = None
-            for name, make in STRATEGIES.items():
+            for name in names:
+                make = strategies[name]
                 est_s, est_b = estimate(name, k, n, width, rate)
-                if est_s > MAX_SECONDS or est_b > MAX_BYTES:
+                if est_s > GRID.get("max_seconds", MAX_SECONDS) or est_b > MAX_BYTES:
                     skipped.append({"strategy": name, "width": width, "K": k, "N": n,
                                     "est_seconds": est_s, "est_bytes": est_b})
                     print(f"skip {name:20s} N={n:5d} width={width:5d} K={k:8d} "
@@ -197,7 +210,9 @@ FIT_METHODS = ("adapted", "adapted_jacrev", "discrete", "standard", "adam", "opt
 
 def bench_fit(quick, methods=FIT_METHODS):
     eps = 1e-10
-    p = mlp_problem(256, 64)
+    width, n = GRID.get("fit_width", 256), GRID.get("fit_n", 64)
+    # M = 2 inputs for the README's fit; with --fit-n the field's M = 16 (Θ stays invertible)
+    p = mlp_problem(width, n, in_size=FIELD_IN_SIZE if "fit_n" in GRID else 2)
     theta0 = p.theta0
     c0 = float(p.cost(theta0))
     target = eps * c0
@@ -213,7 +228,7 @@ def bench_fit(quick, methods=FIT_METHODS):
               flush=True)
 
     quiet = {"diagnostics": False, "check_finite": False, "max_condition": None, "num_saves": 2}
-    repeats = 3  # the short runs: best of 3 (the compiled executable is reused)
+    repeats = GRID.get("fit_repeats", 3)  # the short runs: best of 3 (the executable is reused)
     for key, label, solver in (
         ("adapted", "adapted flow, diffrax Tsit5 (auto = layerwise)", "auto"),
         ("adapted_jacrev", "adapted flow, diffrax Tsit5 (jacrev)", CholeskySolver(DenseGram("rev"))),
@@ -248,7 +263,7 @@ def bench_fit(quick, methods=FIT_METHODS):
         _scipy(p, theta0, target, c0, quick, add)
     if "standard" not in methods:
         return {"rows": rows, "eps": eps, "K": p.num_params, "N": p.num_points, "C0": c0,
-                "T_eps": t_eps}
+                "T_eps": t_eps, "width": width}
     cap = 300 if quick else 1000
     tr = fl.simulate(p, fl.GradientFlow(), theta0, t1=1e5, cost_target_relative=eps,
                      max_steps=cap, diagnostics=False, check_finite=False, max_condition=None,
@@ -260,7 +275,7 @@ def bench_fit(quick, methods=FIT_METHODS):
         tr.compile_time, f"capped at {cap} steps ({tr.stop_reason}); last save s={t_last:.0f}")
 
     return {"rows": rows, "eps": eps, "K": p.num_params, "N": p.num_points, "C0": c0,
-            "T_eps": t_eps}
+            "T_eps": t_eps, "width": width}
 
 
 def _adam(p, theta0, target, c0, quick, add):
@@ -423,7 +438,8 @@ def markdown(res) -> str:
              f"at end {m['loadavg_end'][0]:.1f} (machine shared with other jobs)."), ""]
     if "field" in res:
         f = res["field"]
-        lines += [(f"### One adapted vector-field evaluation (float64, tanh, 2 hidden layers, "
+        lines += [(f"### One adapted vector-field evaluation ({res.get('dtype', 'float64')}, "
+                   "tanh, 2 hidden layers, "
                   f"M = {FIELD_IN_SIZE} inputs, Q = 1)"),
                   "", f"Plain 1024×1024 matmul in the same run: {f['matmul_rate'] / 1e9:.1f} GFLOP/s.",
                   "", ("| N | width | K | strategy | time (ms) | compile (s) | peak mem (MiB) | "
@@ -440,12 +456,14 @@ def markdown(res) -> str:
                 f"| {r['N']} | {r['width']} | {r['K']} | {r['strategy']} | {r['seconds'] * 1e3:.2f} | "
                 f"{r['compile_seconds']:.1f} | {fmt_bytes(r['peak_bytes'])} | {gf} | {pct} | {rd} |")
         if f["skipped"]:
-            lines += ["", "Skipped (estimated > 60 s or > 4 GiB): " + "; ".join(
+            lines += ["", f"Skipped (estimated > {GRID.get('max_seconds', MAX_SECONDS):.0f} s or > 4 GiB): " + "; ".join(
                 f"{s['strategy']} N={s['N']} width={s['width']}" for s in f["skipped"])]
         lines.append("")
     if "fit" in res:
         fit = res["fit"]
-        lines += [f"### Time to C ≤ 1e-10·C(0): width 256, N = {fit['N']}, K = {fit['K']}, same θ0",
+        lines += [(f"### Time to C ≤ 1e-10·C(0): width {fit.get('width', 256)}, N = {fit['N']}, "
+                   f"K = {fit['K']}, same θ0" + ("" if res.get("dtype", "float64") == "float64"
+                                                 else f", {res['dtype']}")),
                   "", "| method | time (s) | evaluations / steps | C_final/C(0) | reached | compile (s) | notes |",
                   "|---|---:|---:|---:|---|---:|---|"]
         for r in fit["rows"]:
@@ -480,7 +498,30 @@ def main(argv=None):
     ap.add_argument("--widths", help="field benchmark widths, e.g. 64,1024")
     ap.add_argument("--ns", help="field benchmark N values, e.g. 64,256")
     ap.add_argument("--no-cli", action="store_true", help="study: skip the quickstart CLI run")
+    ap.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                    help="float32 turns jax_enable_x64 off for the whole run")
+    ap.add_argument("--strategies", help="field strategies, comma list of "
+                    + ",".join([*STRATEGIES, *EXTRA_STRATEGIES]) + " (default: "
+                    + ",".join(STRATEGIES) + ")")
+    ap.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
+                    help="field: skip a combination estimated to take longer")
+    ap.add_argument("--fit-n", type=int, help="fit: number of examples N (default 64)")
+    ap.add_argument("--fit-width", type=int, help="fit: hidden width (default 256)")
+    ap.add_argument("--fit-repeats", type=int, help="fit: best of this many runs (default 3)")
+    ap.add_argument("--tag", default="", help="suffix of the result file names")
     args = ap.parse_args(argv)
+    GRID["max_seconds"] = args.max_seconds
+    if args.dtype == "float32":
+        jax.config.update("jax_enable_x64", False)
+    if args.strategies:
+        names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        bad = set(names) - set(STRATEGIES) - set(EXTRA_STRATEGIES)
+        if bad:
+            raise SystemExit(f"unknown field strategies {sorted(bad)}")
+        GRID["strategies"] = names
+    for key in ("fit_n", "fit_width", "fit_repeats"):
+        if getattr(args, key) is not None:
+            GRID[key] = getattr(args, key)
     GRID["no_cli"] = args.no_cli
     if args.widths:
         GRID["widths"] = [int(w) for w in args.widths.split(",")]
@@ -492,19 +533,22 @@ def main(argv=None):
         raise SystemExit(f"unknown benchmark part(s) {sorted(bad)}; expected field, fit, study")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = {"machine": machine(), "quick": args.quick}
+    res = {"machine": machine(), "quick": args.quick, "dtype": args.dtype}
+    tag = "_".join(parts) + ("_quick" if args.quick else "")
+    if "fit" in parts and args.fit_methods != ",".join(FIT_METHODS):
+        tag += "_" + args.fit_methods.replace(",", "-")
+    if args.tag:
+        tag += "_" + args.tag
     for part in parts:
         print(f"== {part}", flush=True)
         if part == "fit":
             res[part] = bench_fit(args.quick, tuple(args.fit_methods.split(",")))
         else:
             res[part] = {"field": bench_field, "study": bench_study}[part](args.quick)
-    res["machine"]["loadavg_end"] = list(os.getloadavg())
-    tag = "_".join(parts) + ("_quick" if args.quick else "")
-    if "fit" in parts and args.fit_methods != ",".join(FIT_METHODS):
-        tag += "_" + args.fit_methods.replace(",", "-")
-    (out / f"{tag}.json").write_text(json.dumps(res, indent=1, default=float))
-    (out / f"{tag}.md").write_text(markdown(res))
+        # written after each part, so that a run stopped by a timeout keeps the finished parts
+        res["machine"]["loadavg_end"] = list(os.getloadavg())
+        (out / f"{tag}.json").write_text(json.dumps(res, indent=1, default=float))
+        (out / f"{tag}.md").write_text(markdown(res))
     print(f"wrote {out / tag}.json and .md")
 
 

@@ -91,19 +91,34 @@ from .integrate import (
     STOP_REASONS as STOP_REASONS,
 )
 from .integrate import (
+    ContractionPrediction as ContractionPrediction,
+)
+from .integrate import (
     IntegratorOptions as IntegratorOptions,
 )
 from .integrate import (
     OutputPathSolver as OutputPathSolver,
 )
 from .integrate import (
+    SketchTrajectory as SketchTrajectory,
+)
+from .integrate import (
     Trajectory as Trajectory,
+)
+from .integrate import (
+    block_partition as block_partition,
 )
 from .integrate import (
     euler_steps as euler_steps,
 )
 from .integrate import (
+    predicted_contraction as predicted_contraction,
+)
+from .integrate import (
     simulate as simulate,
+)
+from .integrate import (
+    sketch_project as sketch_project,
 )
 from .integrate import (
     solve as solve,
@@ -149,6 +164,9 @@ from .linalg import (
 )
 from .linalg import (
     QRSolver as QRSolver,
+)
+from .linalg import (
+    ShardedGram as ShardedGram,
 )
 from .linalg import (
     SVDSolver as SVDSolver,

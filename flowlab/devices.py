@@ -28,12 +28,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 #: name of the mesh axis the seeds are split over.
 SEED_AXIS = "seeds"
+#: name of the mesh axis the examples (rows of D) are split over (`flowlab.ShardedGram`).
+DATA_AXIS = "data"
 
 
-def device_mesh(devices=None) -> Mesh:
-    """A 1-D Mesh over `devices` (default: all of `jax.devices()`) with axis "seeds"."""
+def device_mesh(devices=None, axis: str = SEED_AXIS) -> Mesh:
+    """A 1-D Mesh over `devices` (default: all of `jax.devices()`) with axis `axis` ("seeds";
+    "data" for the examples' axis)."""
     devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), (SEED_AXIS,))
+    return Mesh(np.asarray(devices), (axis,))
 
 
 def resolve_shard(shard: bool | str, batch_size: int) -> bool:

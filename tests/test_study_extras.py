@@ -54,6 +54,24 @@ def test_test_set_recorded_along_the_run():
     assert "test.loss_at_eps" in r.as_row()
 
 
+def test_test_loss_at_eps_is_read_at_the_cost_event():
+    """A run stopped by its cost event ends between saves at C = ε·C(0): the test loss at ε is
+    the one at that end point (no save before it reached ε)."""
+    study = parse_config({
+        "name": "diabetes_eps",
+        "data": {"generator": "diabetes", "num_points": 40, "in_size": 10, "test_fraction": 0.25},
+        "model": {"depth": 1, "width": 32},
+        "flows": {"adapted": {}},
+        "integrator": {"cost_target_relative": 1e-3, "t1": "auto", "t1_factor": 1.5,
+                       "num_saves": 7, "check_finite": False, "max_condition": "off"},
+    })
+    _, records = run_cell(study, expand_grid(study)[0])
+    r = records[0]
+    assert r.stop_reason == "cost_target"
+    assert r.test.loss_at_eps == pytest.approx(r.test.loss, rel=1e-12)
+    assert math.isfinite(r.test.loss_at_eps)
+
+
 def test_config_errors():
     base = {"pde": {"problem": "poisson_1d", "params": {"num_interior": 8}},
             "flows": {"adapted": {}}}

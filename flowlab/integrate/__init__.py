@@ -10,6 +10,12 @@ from ._ode import solve as solve
 from ._options import IntegratorOptions as IntegratorOptions
 from ._output_path import OutputPathSolver as OutputPathSolver
 from ._record import resolved_cost as resolved_cost
+from ._sketch import SKETCH_STOP_REASONS as SKETCH_STOP_REASONS
+from ._sketch import ContractionPrediction as ContractionPrediction
+from ._sketch import SketchTrajectory as SketchTrajectory
+from ._sketch import block_partition as block_partition
+from ._sketch import predicted_contraction as predicted_contraction
+from ._sketch import sketch_project as sketch_project
 from ._trajectory import (
     FAILURES as FAILURES,
 )

@@ -9,7 +9,7 @@ import optimistix as optx
 from jaxtyping import Array, Float
 
 from ..flows import AbstractFlow
-from ..linalg import singular_values
+from ..linalg import extreme_singular_values
 from ._batch import initial_theta, over_seeds, prepare, run_batched
 from ._options import IMPLICIT_SOLVERS, IntegratorOptions
 from ._output_path import OutputPathSolver
@@ -53,56 +53,120 @@ def _field_evals_per_step(solver) -> tuple[int, int] | None:
     return None
 
 
-def _guards(problem, flow, t, theta, cost0, opts: IntegratorOptions) -> dict[str, Array]:
-    """Each degeneration check at (s, θ): True where it trips."""
+def _summed(fn):
+    """diffrax root-finds all events at once, as a tuple in which only the triggered one is
+    nonzero: their sum is that one."""
+    def scalar(t, args):
+        values, aux = fn(t, args)
+        return sum(jax.tree_util.tree_leaves(values)), aux
+    return scalar
+
+
+class _EventBisection(optx.Bisection):
+    """Bisection for diffrax's event root find. Newton, diffrax's usual choice, differentiates
+    every event function in s (the guards too): 40 % of the tracing time of a solve. Bisection
+    to |Δs| ≤ 1e-9 + 1e-12·s takes ~40 cost evaluations, once per solve."""
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        dtype = jax.tree_util.tree_leaves(f_struct)[0].dtype
+        return super().init(_summed(fn), y, args, options, jax.ShapeDtypeStruct((), dtype),
+                            aux_struct, tags)
+
+    def step(self, fn, y, args, options, state, tags):
+        return super().step(_summed(fn), y, args, options, state, tags)
+
+    def terminate(self, fn, y, args, options, state, tags):
+        return super().terminate(_summed(fn), y, args, options, state, tags)
+
+
+# every event function falls through its root: C to the target, a tripped guard (diffrax: t_end − s)
+_ROOT_FINDER = _EventBisection(rtol=1e-12, atol=1e-9, flip=True)
+
+#: Guards in the order they name a stop when several trip in the same step.
+GUARD_ORDER = ("rank_loss", "theta_diverged", "non_finite_field", "bound_violated")
+
+
+def _guards(problem, flow, t, theta, flagged, cost0, opts: IntegratorOptions) -> dict:
+    """Each degeneration check at (s, θ), as a function returning True where it trips.
+    `flagged` is the finiteness flag carried in the state (see `_solve`), or None."""
     out = {}
     if opts.bound_slack is not None:
-        bound = cost0 * jnp.exp(-flow.rate_bound(problem) * t)
-        out["bound_violated"] = jnp.sqrt(problem.cost(theta)) > (
-            (1 + opts.bound_slack) * jnp.sqrt(bound) + jnp.sqrt(resolved_cost(problem, opts)))
+        def bound_violated():
+            bound = cost0 * jnp.exp(-flow.rate_bound(problem) * t)
+            return jnp.sqrt(problem.cost(theta)) > (
+                (1 + opts.bound_slack) * jnp.sqrt(bound) + jnp.sqrt(resolved_cost(problem, opts)))
+        out["bound_violated"] = bound_violated
     if opts.theta_norm_max is not None:
-        out["theta_diverged"] = jnp.linalg.norm(theta) > opts.theta_norm_max
-    if opts.check_finite:
-        out["non_finite_field"] = ~jnp.all(jnp.isfinite(flow.velocity(problem, theta)))
+        out["theta_diverged"] = lambda: jnp.linalg.norm(theta) > opts.theta_norm_max
+    if flagged is not None:
+        out["non_finite_field"] = lambda: flagged > 0
     if opts.sigma_min_tol is not None or opts.max_condition is not None:
-        sigma = singular_values(problem, theta, route=flow.spectrum_route(problem))
-        bad = ~jnp.all(jnp.isfinite(sigma))
-        if opts.sigma_min_tol is not None:
-            bad = bad | (sigma[0] < opts.sigma_min_tol)
-        if opts.max_condition is not None:
-            bad = bad | (sigma[0] * opts.max_condition < sigma[-1])
-        out["rank_loss"] = bad
-    return out
+        def rank_loss():
+            low, high = extreme_singular_values(problem, theta, flow.spectrum_route(problem))
+            bad = ~(jnp.isfinite(low) & jnp.isfinite(high))
+            if opts.sigma_min_tol is not None:
+                bad = bad | (low < opts.sigma_min_tol)
+            if opts.max_condition is not None:
+                bad = bad | (low * opts.max_condition < high)
+            return bad
+        out["rank_loss"] = rank_loss
+    return {name: out[name] for name in GUARD_ORDER if name in out}
 
 
 def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict:
     flow = flow.at_start(problem, theta0)
     cost0 = problem.cost(theta0)
-    theta_of = lambda y: y  # noqa: E731
+    on_path = opts.solver == "output_path"
+    # The finiteness check rides in the state instead of evaluating the field again per step:
+    # y = (θ, φ) with φ' = 1 where the field is not finite (and θ' = 0 there), so φ > 0 after
+    # the step that met a non-finite field. (Gauss–Newton onto the output path checks its own.)
+    flag = opts.check_finite and not on_path
+    if flag:
+        y0 = (theta0, jnp.zeros((), theta0.dtype))
+        theta_of, flag_of = (lambda y: y[0]), (lambda y: y[1])  # noqa: E731
+
+        def field(t, y, args):
+            v = flow.velocity(args, y[0])
+            finite = jnp.all(jnp.isfinite(v))
+            return jnp.where(finite, v, 0.0), jnp.where(finite, 0.0, 1.0).astype(v.dtype)
+        term = diffrax.ODETerm(field)
+    else:
+        y0, term = theta0, diffrax.ODETerm(flow)
+        theta_of, flag_of = (lambda y: y), (lambda y: None)  # noqa: E731
 
     def stats(t, y, args):
         theta = theta_of(y)
         return saved_statistics(problem, flow, theta, problem.outputs(theta), opts)
 
-    cond_fns = {}
+    # one event per stop, in order of precedence: diffrax masks all but the first that trips,
+    # so the mask names the stop without evaluating the guards again after the solve
+    cond_fns, names = [], []
     target = cost_target(opts, cost0)
     if target is not None:
-        cond_fns["cost"] = lambda t, y, args, **kw: (jnp.log(problem.cost(theta_of(y)))
-                                                     - jnp.log(target))
-    if opts.any_guard:
-        cond_fns["guard"] = lambda t, y, args, **kw: jnp.any(
-            jnp.stack(list(_guards(problem, flow, t, theta_of(y), cost0, opts).values()))
-        )
+        names.append("cost_target")
+        cond_fns.append(lambda t, y, args, **kw: (jnp.log(problem.cost(theta_of(y)))
+                                                   - jnp.log(target)))
+
+    def guard(name):
+        # the root finder for the cost event traces every event with a JVP in s: the guards'
+        # boolean need none (stop_gradient keeps eigensolves and the field out of it)
+        def cond(t, y, args, **kw):
+            y = jax.lax.stop_gradient(y)
+            return _guards(problem, flow, t, theta_of(y), flag_of(y), cost0, opts)[name]()
+        return cond
+
+    for name in _guards(problem, flow, 0.0, theta0, flag_of(y0), cost0, opts):
+        names.append(name)
+        cond_fns.append(guard(name))
     event = None
     if cond_fns:
         event = diffrax.Event(
-            cond_fns, root_finder=optx.Newton(rtol=1e-12, atol=1e-12) if target is not None else None
+            tuple(cond_fns),
+            root_finder=_ROOT_FINDER if target is not None else None,
         )
 
-    term, y0 = diffrax.ODETerm(flow), theta0
     controller = diffrax.PIDController(rtol=opts.rtol, atol=opts.atol, dtmin=opts.dtmin,
                                        force_dtmin=opts.dtmin is not None)
-    on_path = opts.solver == "output_path"
     if on_path:
         solver = OutputPathSolver(flow, tol=opts.rtol)
         # where Gauss–Newton cannot reach X*(s) even over a step of 1e-9·t1, X*(s) has left
@@ -134,6 +198,9 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
         event=event,
         max_steps=opts.max_steps,
         throw=False,
+        # no reverse-mode through the solve: a plain while loop traces the step once (the
+        # checkpointed default traces the field and the guards three times more)
+        adjoint=diffrax.ForwardMode(),
         progress_meter=diffrax.TqdmProgressMeter() if opts.progress else diffrax.NoProgressMeter(),
     )
     saved, ts_saved = sol.ys[0], sol.ts[0]
@@ -147,15 +214,8 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
                      | (sol.result == diffrax.RESULTS.dt_min_reached))
         code = jnp.where(lost_rank, STOP_CODE["rank_loss"], code)
     if event is not None:
-        if "guard" in cond_fns:
-            tripped = _guards(problem, flow, t_final, theta_final, cost0, opts)
-            guard_code = STOP_CODE["rank_loss"]
-            for name in ("bound_violated", "non_finite_field", "theta_diverged", "rank_loss"):
-                if name in tripped:
-                    guard_code = jnp.where(tripped[name], STOP_CODE[name], guard_code)
-            code = jnp.where(sol.event_mask["guard"], guard_code, code)
-        if "cost" in cond_fns:
-            code = jnp.where(sol.event_mask["cost"], STOP_CODE["cost_target"], code)
+        for name, mask in zip(names, sol.event_mask):
+            code = jnp.where(mask, STOP_CODE[name], code)
 
     # a non-finite start is named as such, also under jit where initial_theta cannot raise
     bad_start = ~(jnp.all(jnp.isfinite(theta0)) & jnp.isfinite(cost0))

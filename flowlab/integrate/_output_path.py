@@ -60,7 +60,7 @@ class OutputPathSolver(diffrax.AbstractSolver):
         y_error = jnp.where(converged, 0.0, jnp.abs(y1 - y0) + jnp.inf * ~finite)
         result = diffrax.RESULTS.where(finite, diffrax.RESULTS.successful,
                                        diffrax.RESULTS.singular)
-        return y1, y_error, dict(y0=y0, y1=y1), (outputs0, iterations + used), result
+        return y1, y_error, {"y0": y0, "y1": y1}, (outputs0, iterations + used), result
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)

@@ -28,6 +28,9 @@ from ._gram import (
 from ._gram import (
     mlp_gram as mlp_gram,
 )
+from ._sharded import (
+    ShardedGram as ShardedGram,
+)
 from ._solvers import (
     MEMORY_FRACTION as MEMORY_FRACTION,
 )
@@ -78,6 +81,9 @@ from ._spectrum import (
 )
 from ._spectrum import (
     default_rcond as default_rcond,
+)
+from ._spectrum import (
+    extreme_singular_values as extreme_singular_values,
 )
 from ._spectrum import (
     jacobian_svd as jacobian_svd,

@@ -9,7 +9,8 @@ r"""Gram strategies (AbstractGram: θ ↦ (Θ, w ↦ Dᵀ w)), behind CholeskySo
   (or collocation points) at a time by vmapped reverse passes, Θ[block, :] = D_b Dᵀ by vmapped
   jvps, accumulated block by block; Dᵀ w is one vjp. Memory O(b·K + (QN)²), never all of D;
 - AutoGram: LayerwiseGram for an MLP fitted to data, BlockedGram otherwise (the default
-  everywhere).
+  everywhere);
+- ShardedGram (`_sharded`): the rows of D (the examples) split over devices, Θ row-sharded.
 """
 
 import abc
@@ -73,18 +74,36 @@ def _mlp_backprop(model, inputs):
     return hs, deltas[::-1]
 
 
-def _gram_from_backprop(model, hs, deltas):
-    n, q = hs[0].shape[0], model.out_size
-    gram = jnp.zeros((n * q, n * q), hs[0].dtype)
-    for i, ((s, t), h, delta) in enumerate(zip(model.layer_scales(), hs, deltas)):
-        a = s**2 * (h @ h.T)
+def _gram_block(model, hs, deltas, hs_cols, deltas_cols):
+    """Θ[rows of the examples of (hs, deltas), rows of the examples of (hs_cols, deltas_cols)]."""
+    n, m, q = hs[0].shape[0], hs_cols[0].shape[0], model.out_size
+    gram = jnp.zeros((n * q, m * q), hs[0].dtype)
+    for (s, t), h, delta, hc, dc in zip(model.layer_scales(), hs, deltas, hs_cols, deltas_cols):
+        a = s**2 * (h @ hc.T)
         if model.biases is not None:
             a = a + t**2
         if q > 1:
             a = jnp.repeat(jnp.repeat(a, q, axis=0), q, axis=1)
-        flat = delta.reshape(n * q, -1)
-        gram = gram + (flat @ flat.T) * a
+        gram = gram + (delta.reshape(n * q, -1) @ dc.reshape(m * q, -1).T) * a
     return gram
+
+
+def _gram_from_backprop(model, hs, deltas):
+    return _gram_block(model, hs, deltas, hs, deltas)
+
+
+def _backprop_transpose(problem, model, hs, deltas, w):
+    """Dᵀ w from the signals of the examples in (hs, deltas), w of shape (n·Q,) for them."""
+    scales = model.layer_scales()
+    w = w.reshape(hs[0].shape[0], model.out_size)
+    gs = [jnp.einsum("iq,iqm->im", w, d) for d in deltas]
+    dw = [s * (g.T @ h) for (s, _), g, h in zip(scales, gs, hs)]
+    if model.biases is None:
+        grads = eqx.tree_at(lambda m: m.weights, model, dw)
+    else:
+        db = [t * jnp.sum(g, axis=0) for (_, t), g in zip(scales, gs)]
+        grads = eqx.tree_at(lambda m: (m.weights, m.biases), model, (dw, db))
+    return problem.flatten(grads)
 
 
 def mlp_gram(model, inputs: Float[Array, "N M"]) -> Float[Array, "QN QN"]:
@@ -115,20 +134,7 @@ class LayerwiseGram(AbstractGram):
         model = problem.model(theta)
         hs, deltas = _mlp_backprop(model, problem.inputs)
         gram = _gram_from_backprop(model, hs, deltas)
-        scales = model.layer_scales()
-
-        def transpose(w):
-            w = w.reshape(hs[0].shape[0], model.out_size)
-            gs = [jnp.einsum("iq,iqm->im", w, d) for d in deltas]
-            dw = [s * (g.T @ h) for (s, _), g, h in zip(scales, gs, hs)]
-            if model.biases is None:
-                grads = eqx.tree_at(lambda m: m.weights, model, dw)
-            else:
-                db = [t * jnp.sum(g, axis=0) for (_, t), g in zip(scales, gs)]
-                grads = eqx.tree_at(lambda m: (m.weights, m.biases), model, (dw, db))
-            return problem.flatten(grads)
-
-        return gram, transpose
+        return gram, lambda w: _backprop_transpose(problem, model, hs, deltas, w)
 
 
 #: bytes of D that BlockedGram holds at once when its block size is not given.

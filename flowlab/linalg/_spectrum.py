@@ -89,6 +89,34 @@ def singular_values(problem, theta, gram: AbstractGram | None = None,
     return jnp.sqrt(jnp.clip(eig, 0.0))
 
 
+def extreme_singular_values(problem, theta, route: str = "gram", iterations: int = 8):
+    """(σ_min, σ_max) of D for a guard. route='gram' at K ≥ QN: from one Cholesky factor of
+    Θ = DDᵀ, λ_min by `iterations` steps of inverse iteration and λ_max by as many of power
+    iteration (Rayleigh quotients: λ_min from above, λ_max from below, 2·iterations triangular
+    solves and `iterations` products with Θ beside the factorisation, O(QN²) each, instead of
+    an O(QN³) eigendecomposition); NaN where Θ is not numerically positive definite. Other
+    routes: the ends of `singular_values`."""
+    if route != "gram" or not problem.overparametrised:
+        sigma = singular_values(problem, theta, route=route)
+        return sigma[0], sigma[-1]
+    theta_gram, _ = auto_gram(problem)(problem, theta)
+    factor = jnp.linalg.cholesky(theta_gram)
+    start = jnp.ones(theta_gram.shape[0], theta_gram.dtype) / math.sqrt(theta_gram.shape[0])
+
+    def inverse_step(_, v):
+        v = jax.scipy.linalg.cho_solve((factor, True), v)
+        return v / jnp.linalg.norm(v)
+
+    def power_step(_, v):
+        v = theta_gram @ v
+        return v / jnp.linalg.norm(v)
+
+    low = jax.lax.fori_loop(0, iterations, inverse_step, start)
+    high = jax.lax.fori_loop(0, iterations, power_step, start)
+    lam_min, lam_max = low @ theta_gram @ low, high @ theta_gram @ high
+    return jnp.sqrt(jnp.clip(lam_min, 0.0)), jnp.sqrt(jnp.clip(lam_max, 0.0))
+
+
 def numerical_rank(sigma: Float[Array, " r"], rtol: float | None = None):
     """#{σ > rtol·σ_max}; default rtol = √(eps·r), the resolution of σ computed from a Gram
     (conservative for σ from an SVD)."""

@@ -18,8 +18,9 @@ from .records import PDERecord, TestRecord
 
 
 def _at_eps(values, cost, cost0, eps):
-    """The value at the first save with C ≤ ε·C(0) (NaN if the run never got there)."""
-    hit = np.nonzero(cost <= eps * cost0)[0]
+    """The value at the first save with C ≤ ε·C(0) (NaN if the run never got there); the
+    event's root is found to 1e-12, so C may exceed ε·C(0) by a rounding there."""
+    hit = np.nonzero(cost <= eps * cost0 * (1 + 1e-9))[0]
     return float(values[hit[0]]) if hit.size else math.nan
 
 
@@ -83,6 +84,11 @@ class ExtraAnalyses:
                 self.fns, self.problem, jnp.asarray(tr.theta_final)).items()}
         final = {k: float(v[i]) for k, v in self._final.items()}
         cost0 = float(np.asarray(tr.cost0)[i])
+        # the end point counts as a save: a run stopped by its cost event ends between saves,
+        # at C = ε·C(0), which no save before it reached
+        ts = np.append(ts, float(np.asarray(tr.t_final)[i]))
+        cost = np.append(cost, float(np.asarray(tr.cost_final)[i]))
+        curves = {name: np.append(curve, final[name]) for name, curve in curves.items()}
         out = {}
         if "test_loss" in self.fns:
             loss = curves["test_loss"]

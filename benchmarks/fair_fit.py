@@ -1,0 +1,277 @@
+"""Time to C ≤ 1e-10·C(0) on the README's fit, every contender in its best setting.
+
+    python benchmarks/fair_fit.py [--rounds 3] [--quick]
+
+The fit: tanh MLP 2 → 256 → 256 → 1 (K = 66 817), N = 64 points of smooth_regression, κ = 1/N,
+one θ0 for all. Each contender is compiled once (compile time reported apart), then run in
+`--rounds` rounds that alternate the contenders in one process; medians and minima over the
+rounds. The whole thing runs twice, in two worker processes: pinned to one CPU
+(`taskset -c 0`, XLA's CPU client with one thread) and with XLA's default threads over both
+cores; each contender's best setting (lower median) is its row. Adam's learning rate is the
+best of a grid (fewest steps to the target, ≤ 20 000 steps), chosen in a first pass; Adam in
+float32 (its usual precision) is tried once too. The load average is recorded before and after
+every round. Results: benchmarks/results/fair_fit.json and fair_fit.md.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "results"
+EPS = 1e-10
+
+
+def adam_to_target(p, lr, target):
+    """(θ, step limit) -> (steps, cost): optax Adam in one jitted while loop that stops at
+    C ≤ target (the cost is that of the iterate before the last update: one forward pass saved
+    per step) or at the limit."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    opt = optax.adam(lr)
+
+    def run(theta, limit):
+        def cond(s):
+            return (s[3] > target) & (s[2] < limit)
+
+        def body(s):
+            th, st, i, _ = s
+            c, g = jax.value_and_grad(p.cost)(th)
+            up, st = opt.update(g, st, th)
+            return optax.apply_updates(th, up), st, i + 1, c
+
+        th, _, i, c = jax.lax.while_loop(cond, body, (theta, opt.init(theta), 0, p.cost(theta)))
+        met = c <= target
+        return jnp.where(met, jnp.maximum(i - 1, 0), i), jnp.where(met, c, p.cost(th))
+    return run
+
+
+def worker(rounds: int, quick: bool, precision: str) -> dict:
+    import jax
+
+    jax.config.update("jax_enable_x64", precision == "float64")
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    import flowlab as fl
+
+    data = fl.smooth_regression(jr.key(0), 64, 2)
+    p = fl.LeastSquaresProblem(fl.MLP(2, 1, (256, 256), "tanh", key=jr.key(1)), data)
+    theta0, c0 = p.theta0, float(p.cost(p.theta0))
+    target = EPS * c0
+    t_eps = math.log(1 / EPS) / (2 * p.kappa)
+    quiet = {"diagnostics": False, "check_finite": False, "max_condition": None, "num_saves": 2}
+    max_adam = 4000 if quick else 20000
+
+    def flowlab_run(call):
+        tr = call()
+        return {"seconds": float(tr.wall_time), "compile": float(tr.compile_time),
+                "evals": int(tr.num_field_evals), "ratio": float(tr.cost_final) / c0,
+                "stop": tr.stop_reason}
+
+    def adam_runner(lr):
+        run = adam_to_target(p, lr, target)
+
+        t = time.perf_counter()
+        compiled = jax.jit(run).lower(theta0, jnp.asarray(max_adam)).compile()
+        ctime = time.perf_counter() - t
+
+        def call():
+            t = time.perf_counter()
+            steps, cost = jax.block_until_ready(compiled(theta0, jnp.asarray(max_adam)))
+            return {"seconds": time.perf_counter() - t, "compile": ctime, "evals": int(steps),
+                    "ratio": float(cost) / c0, "stop": "target" if cost <= target else "budget"}
+        return call
+
+    def gauss_newton():
+        import optimistix as optx
+
+        scale = math.sqrt(p.kappa)
+
+        def run(theta):
+            sol = optx.least_squares(lambda th, a: scale * p.residual(th),
+                                     optx.GaussNewton(rtol=1e-13, atol=1e-13), theta,
+                                     options={"jac": "bwd"}, max_steps=100, throw=False)
+            return sol.value, sol.stats["num_steps"]
+
+        t = time.perf_counter()
+        compiled = jax.jit(run).lower(theta0).compile()
+        ctime = time.perf_counter() - t
+
+        def call():
+            t = time.perf_counter()
+            value, steps = jax.block_until_ready(compiled(theta0))
+            return {"seconds": time.perf_counter() - t, "compile": ctime, "evals": int(steps),
+                    "ratio": float(p.cost(value)) / c0, "stop": "own termination"}
+        return call
+
+    # pick Adam's learning rate: fewest steps to the target, else the lowest cost
+    lr_pass = {}
+    for lr in (1e-2, 3e-3, 1e-3):
+        lr_pass[lr] = adam_runner(lr)()
+    reached = {lr: r for lr, r in lr_pass.items() if r["stop"] == "target"}
+    best_lr = (min(reached, key=lambda lr: reached[lr]["evals"]) if reached
+               else min(lr_pass, key=lambda lr: lr_pass[lr]["ratio"]))
+
+    contenders = {
+        "adapted ODE, Tsit5": lambda: flowlab_run(lambda: fl.simulate(
+            p, fl.AdaptedFlow(), theta0, t1=1.5 * t_eps, cost_target_relative=EPS, **quiet)),
+        "adapted ODE, output path": lambda: flowlab_run(lambda: fl.simulate(
+            p, fl.AdaptedFlow(), theta0, t1=1.5 * t_eps, cost_target_relative=EPS,
+            solver="output_path", **quiet)),
+        "adapted steps h = 1/κ": lambda: flowlab_run(lambda: fl.euler_steps(
+            p, fl.AdaptedFlow(), theta0, num_steps=30, cost_target_relative=EPS,
+            diagnostics=False)),
+        f"optax Adam (lr {best_lr:g})": adam_runner(best_lr),
+        "optimistix GaussNewton": gauss_newton(),
+    }
+    results = {name: [] for name in contenders}
+    loads = []
+    for name, call in contenders.items():  # compile (and warm) each once
+        results[name].append(call())
+    for _ in range(rounds):
+        loads.append(os.getloadavg()[0])
+        for name, call in contenders.items():
+            results[name].append(call())
+        loads.append(os.getloadavg()[0])
+    return {"results": {k: v[1:] for k, v in results.items()}, "first": {k: v[0] for k, v in
+            results.items()}, "adam_lr_pass": {str(k): v for k, v in lr_pass.items()},
+            "loads": loads, "K": p.num_params, "C0": c0, "T_eps": t_eps,
+            "jax": jax.__version__}
+
+
+def adam_float32(quick: bool) -> dict:
+    """Adam in float32 (x64 off) from the same θ0, each lr of the grid, stopped at
+    C ≤ 1e-10·C(0) or after 20 000 steps: compiled once, then timed once."""
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    import flowlab as fl
+
+    data = fl.smooth_regression(jr.key(0), 64, 2)
+    p = fl.LeastSquaresProblem(fl.MLP(2, 1, (256, 256), "tanh", key=jr.key(1)), data)
+    theta0 = p.theta0
+    c0 = float(p.cost(theta0))
+    target = jnp.asarray(EPS * c0, theta0.dtype)
+    limit = 4000 if quick else 20000
+    out = {}
+    for lr in (1e-2, 3e-3, 1e-3):
+        run = adam_to_target(p, lr, target)
+
+        t = time.perf_counter()
+        compiled = jax.jit(run).lower(theta0, limit).compile()
+        ctime = time.perf_counter() - t
+        t = time.perf_counter()
+        steps, cost = jax.block_until_ready(compiled(theta0, limit))
+        out[str(lr)] = {"seconds": time.perf_counter() - t, "compile": ctime,
+                        "steps": int(steps), "ratio": float(cost) / c0,
+                        "dtype": str(theta0.dtype)}
+    return out
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                cpu = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def spawn(args, pinned: bool) -> dict:
+    env = dict(os.environ)
+    cmd = [sys.executable, __file__, "--worker", "--rounds", str(args.rounds)]
+    if args.quick:
+        cmd.append("--quick")
+    if pinned:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                            "intra_op_parallelism_threads=1").strip()
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        cmd = ["taskset", "-c", "0", *cmd]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(runs: dict) -> tuple[str, list]:
+    rows = []
+    for name in runs["one CPU"]["results"]:
+        per_setting = []
+        for setting, run in runs.items():
+            rs = run["results"][name]
+            per_setting.append({
+                "method": name, "setting": setting,
+                "median": statistics.median(r["seconds"] for r in rs),
+                "min": min(r["seconds"] for r in rs), "compile": run["first"][name]["compile"],
+                "evals": rs[0]["evals"], "ratio": max(r["ratio"] for r in rs), "stop": rs[0]["stop"]})
+        best, other = sorted(per_setting, key=lambda r: r["median"])
+        rows.append({**best, "other_setting": other["setting"], "other_median": other["median"]})
+    lines = ["| method | best setting | median (s) | min (s) | compile (s) | median + compile (s) "
+             "| steps / evals | C/C(0) (max) | other setting: median (s) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['setting']} | {r['median']:.4f} | {r['min']:.4f} | "
+                     f"{r['compile']:.2f} | {r['median'] + r['compile']:.2f} | {r['evals']} | "
+                     f"{r['ratio']:.1e} | {r['other_setting']}: {r['other_median']:.4f} |")
+    return "\n".join(lines), rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--adam32", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--adam32-only", action="store_true",
+                    help="rerun only Adam in float32, keeping the float64 rounds of the last run")
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.rounds, args.quick, "float64")))
+        return
+    if args.adam32:
+        print(json.dumps(adam_float32(args.quick)))
+        return
+    load0 = os.getloadavg()
+    if args.adam32_only:  # keep the float64 rounds of the last run
+        old = json.loads((OUT / "fair_fit.json").read_text())
+        runs, load0 = old["runs"], tuple(old["load_start"])
+    else:
+        runs = {"one CPU": spawn(args, pinned=True), "two threads": spawn(args, pinned=False)}
+    done = subprocess.run(["taskset", "-c", "0", sys.executable, __file__, "--adam32"]
+                          + (["--quick"] if args.quick else []), capture_output=True, text=True,
+                          env={**os.environ, "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false "
+                               "intra_op_parallelism_threads=1"}, check=False)
+    adam32 = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+    load1 = os.getloadavg()
+    md, rows = table(runs)
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
+              "load_start": load0, "load_end": load1, "runs": runs, "rows": rows,
+              "adam_float32": adam32, "rounds": args.rounds}
+    OUT.mkdir(exist_ok=True)
+    (OUT / "fair_fit.json").write_text(json.dumps(result, indent=1))
+    loads = [x for run in runs.values() for x in run["loads"]]
+    text = (f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, jax "
+            f"{runs['one CPU']['jax']}, float64; {args.rounds} rounds; load average "
+            f"{min(loads):.2f}–{max(loads):.2f} during the rounds.\n\n{md}\n")
+    if adam32:
+        text += ("\nAdam in float32 (one CPU, stopped at 1e-10·C(0) or 20 000 steps): " + "; ".join(
+            f"lr {lr}: C/C(0) = {r['ratio']:.1e} after {r['steps']} steps, {r['seconds']:.2f} s "
+            f"(compile {r['compile']:.2f} s)" for lr, r in adam32.items()) + "\n")
+    (OUT / "fair_fit.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
