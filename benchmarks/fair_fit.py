@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -178,17 +177,6 @@ def adam_float32(quick: bool) -> dict:
     return out
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                cpu = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
-
-
 def spawn(args, pinned: bool) -> dict:
     env = dict(os.environ)
     cmd = [sys.executable, __file__, "--worker", "--rounds", str(args.rounds)]
@@ -255,6 +243,8 @@ def main(argv=None):
                                "intra_op_parallelism_threads=1"}, check=False)
     adam32 = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
     load1 = os.getloadavg()
+    from run import machine  # here, not at the top: run.py turns on x64, the float32 worker must not
+
     md, rows = table(runs)
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "load_start": load0, "load_end": load1, "runs": runs, "rows": rows,

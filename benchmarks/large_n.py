@@ -22,18 +22,15 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flowlab as fl  # noqa: E402
 from flowlab.linalg import LayerwiseGram  # noqa: E402
 from run import compile_fn, machine, matmul_rate, memory_bytes, timeit, xla_flops  # noqa: E402

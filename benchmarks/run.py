@@ -279,7 +279,7 @@ def bench_fit(quick, methods=FIT_METHODS):
 
 
 def _adam(p, theta0, target, c0, quick, add):
-    import optax
+    from fair_fit import adam_to_target
 
     max_steps = 5000 if quick else 20_000
     results = []
@@ -287,24 +287,7 @@ def _adam(p, theta0, target, c0, quick, add):
     # largest lr first; a smaller lr is only "best" if it needs fewer steps (same cost per
     # step), so it is capped at the best step count so far
     for lr in (1e-2, 3e-3, 1e-3):
-        opt = optax.adam(lr)
-
-        def run(theta, limit, opt=opt):
-            def cond(s):
-                return (s[3] > target) & (s[2] < limit)
-
-            def body(s):
-                th, st, i, _ = s
-                c, g = jax.value_and_grad(p.cost)(th)
-                up, st = opt.update(g, st, th)
-                return optax.apply_updates(th, up), st, i + 1, c
-
-            # s[3] is the cost of the iterate before the last update (one forward pass saved
-            # per step): when it met the target, that iterate, after i − 1 updates, is the answer
-            th, _, i, c = jax.lax.while_loop(cond, body, (theta, opt.init(theta), 0, p.cost(theta)))
-            met = c <= target
-            return jnp.where(met, jnp.maximum(i - 1, 0), i), jnp.where(met, c, p.cost(th))
-
+        run = adam_to_target(p, lr, target)
         limit = jnp.asarray(cap)
         compiled, ctime = compile_fn(run, theta0, limit)
         t = time.perf_counter()
