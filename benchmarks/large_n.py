@@ -3,7 +3,8 @@ N = 4096, and sketch-and-project (adapted steps on row blocks) up to N = 65 536.
 
     python benchmarks/large_n.py [--quick] [--big-n 65536] [--big-block 2048] [--big-epochs 3]
 
-Problem: tanh MLP 16 → 512 → 512 → 1 (K = 271 873), `smooth_regression` data, float64, κ = 1/N.
+Problem: tanh MLP 16 → 512 → 512 → 1 (K = 271 873), `smooth_regression` data (part (e): teacher
+data by default, `--nystrom-data`), float64, κ = 1/N.
 (a) one layerwise Gram Θ (`LayerwiseGram`) at N = 4096: time after warm-up, XLA's flop count,
     FLOP/s against a same-size matmul (N × 512 by 512 × N) and a 1024³ matmul timed in the same
     process, peak memory (compiled memory_analysis);
@@ -13,7 +14,11 @@ Problem: tanh MLP 16 → 512 → 512 → 1 (K = 271 873), `smooth_regression` da
     theory's exact E|r_k|²/|r_0|², and the bound 1 − λ_min⁺(E Z);
 (d) sketch-and-project at N = --big-n (b = --big-block) for --big-epochs passes over the blocks:
     time per step, C after each pass, the fitted contraction and the extrapolated steps and
-    time to 1e-6·C(0).
+    time to 1e-6·C(0);
+(e) adapted steps with the matrix-free Nyström route (`NystromSolver`: conjugate residuals on
+    Θw = r to --nystrom-rtol, rank --nystrom-rank preconditioner) at N = --big-n to
+    C ≤ 1e-6·C(0); at θ0 also the time of one product by Θ, of the preconditioner, and the
+    Krylov steps of one solve with and without the preconditioner.
 Results: benchmarks/results/large_n.{json,md}. The machine is shared: the load average is
 recorded before and after each part.
 """
@@ -28,18 +33,20 @@ from pathlib import Path
 import jax
 
 jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
 import flowlab as fl  # noqa: E402
-from flowlab.linalg import LayerwiseGram  # noqa: E402
+from flowlab.linalg import LayerwiseGram, NystromSolver, jacobian_products  # noqa: E402
 from run import compile_fn, machine, matmul_rate, memory_bytes, timeit, xla_flops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 
 
-def problem(n, in_size=16, width=512, seed=0):
-    data = fl.smooth_regression(jr.key(seed), n, in_size)
+def problem(n, in_size=16, width=512, seed=0, data="smooth"):
+    data = (fl.teacher(jr.key(seed), n, in_size) if data == "teacher"
+            else fl.smooth_regression(jr.key(seed), n, in_size))
     return fl.LeastSquaresProblem(fl.MLP(in_size, 1, (width, width), "tanh",
                                          key=jr.key(seed + 1)), data)
 
@@ -141,6 +148,53 @@ def bench_big(n, block, epochs):
             "load": load()}
 
 
+def bench_nystrom(n, rank, rtol, data, max_krylov=200, max_steps=30):
+    p = problem(n, data=data)
+    solver = NystromSolver(rank=rank, rtol=rtol, max_steps=max_krylov)
+    out = {"N": n, "K": p.num_params, "rank": rank, "rtol": rtol, "max_krylov_steps": max_krylov,
+           "data": data, "load_start": load()}
+    g = p.residual(p.theta0)
+
+    def products(prob, th, w, count):  # the forward/backward signals once, then count Θw
+        pr = jacobian_products(prob, th)
+
+        def step(_, v):
+            v = pr.jvp(pr.vjp(v))
+            return v / jnp.linalg.norm(v)
+
+        return jax.lax.fori_loop(0, count, step, w)
+
+    one, _ = compile_fn(lambda prob, th, w: products(prob, th, w, 1), p, p.theta0, g)
+    eleven, _ = compile_fn(lambda prob, th, w: products(prob, th, w, 11), p, p.theta0, g)
+    t_one = timeit(one, p, p.theta0, g, max_reps=3)[0]
+    t_eleven = timeit(eleven, p, p.theta0, g, max_reps=2)[0]
+    out["signals_seconds"] = t_one - (t_eleven - t_one) / 10
+    out["product_seconds"] = (t_eleven - t_one) / 10
+    pre, _ = compile_fn(lambda prob, th: solver.preconditioner(prob, th).basis, p, p.theta0)
+    out["preconditioner_seconds"] = timeit(pre, p, p.theta0, max_reps=1)[0]
+    for name, s in (("preconditioned", solver),
+                    ("rank_1", NystromSolver(rank=1, rtol=rtol, max_steps=100))):
+        t = time.perf_counter()
+        _, stats = jax.jit(lambda prob, th, r, s=s: s.solve_with_stats(prob, th, r))(
+            p, p.theta0, g)
+        out[f"solve_{name}"] = {"krylov_steps": int(stats.num_steps),
+                                "relative_residual": float(stats.relative_residual),
+                                "seconds_with_compile": time.perf_counter() - t}
+        print("nystrom solve", name, out[f"solve_{name}"], load(), flush=True)
+    # a full Gauss–Newton step (h = 1/κ) that follows a long Krylov solve can overshoot (measured
+    # at N = 65 536 without a line search: C/C(0) cycling between 8e-5 and 1.5e-2): halve it
+    tr = fl.euler_steps(p, fl.AdaptedFlow(solver=solver), num_steps=max_steps,
+                        cost_target_relative=1e-6, diagnostics=False, backtracking=True)
+    out["steps"] = {"compile_seconds": tr.compile_time, "seconds": tr.wall_time,
+                    "steps": int(tr.num_steps), "stop": tr.stop_reason,
+                    "halvings": int(tr.num_rejected_steps),
+                    "cost_ratios": [float(v) for v in np.asarray(tr.cost / tr.cost0)
+                                    if np.isfinite(v)]}
+    out["load_end"] = load()
+    print("nystrom steps", out["steps"], load(), flush=True)
+    return out
+
+
 def markdown(res) -> str:
     mc = res["machine"]
     g, f = res["gram"], res["full"]
@@ -192,6 +246,25 @@ def markdown(res) -> str:
                if math.isfinite(b["extrapolated_passes_to_1e-6"] or math.nan) else
                "; C did not fall monotonically over the passes: no extrapolation") +
               f"; stop: {b['stop']}."]
+    if "nystrom" in res:
+        y = res["nystrom"]
+        st, sp, s1 = y["steps"], y["solve_preconditioned"], y["solve_rank_1"]
+        lines += ["", f"**Matrix-free adapted steps at N = {y['N']}**, {y['data']} data "
+                  f"(`NystromSolver`: rank {y['rank']}, conjugate residuals to |r − Θw| ≤ "
+                  f"{y['rtol']}·|r|, at most {y['max_krylov_steps']} Krylov steps; load "
+                  f"{y['load_start']} → {y['load_end']}): {st['steps']} steps with "
+                  f"{st['halvings']} halvings (Armijo backtracking) in {st['seconds']:.0f} s "
+                  f"(compile {st['compile_seconds']:.1f} s), stop: {st['stop']}, final C/C(0) = "
+                  f"{st['cost_ratios'][-1]:.3g}; C/C(0) per step: " +
+                  ", ".join(f"{v:.2g}" for v in st["cost_ratios"]) + ".",
+                  "",
+                  f"At θ0: the layers' forward and backward signals {y['signals_seconds']:.2f} s, "
+                  f"one product by Θ (D(Dᵀw)) {y['product_seconds']:.2f} s; preconditioner "
+                  f"{y['preconditioner_seconds']:.1f} s; one solve {sp['krylov_steps']} Krylov "
+                  f"steps to {sp['relative_residual']:.2g} ({sp['seconds_with_compile']:.0f} s "
+                  f"with compile), against {s1['krylov_steps']} steps to "
+                  f"{s1['relative_residual']:.2g} ({s1['seconds_with_compile']:.0f} s) with a "
+                  "rank-1 preconditioner."]
     return "\n".join(lines) + "\n"
 
 
@@ -202,9 +275,13 @@ def main(argv=None):
     ap.add_argument("--big-block", type=int, default=2048)
     ap.add_argument("--big-epochs", type=int, default=3)
     ap.add_argument("--no-ode", action="store_true")
+    ap.add_argument("--nystrom-rank", type=int, default=2048)
+    ap.add_argument("--nystrom-rtol", type=float, default=0.1)
+    ap.add_argument("--nystrom-data", choices=("smooth", "teacher"), default="teacher",
+                    help="targets for (e): smooth_regression or a random tanh teacher network")
     ap.add_argument("--out", default=str(ROOT / "results"))
     ap.add_argument("--update", default=None, metavar="PARTS",
-                    help="rerun only these parts (gram,full,contraction,big) and merge them "
+                    help="rerun only these parts (gram,full,contraction,big,nystrom) and merge them "
                          "into the existing results file")
     args = ap.parse_args(argv)
     n = 1024 if args.quick else 4096
@@ -212,7 +289,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "large_n_quick" if args.quick else "large_n"
-    parts = ("gram", "full", "contraction", "big")
+    parts = ("gram", "full", "contraction", "big", "nystrom")
     res = {}
     if args.update:
         parts = tuple(args.update.split(","))
@@ -229,6 +306,9 @@ def main(argv=None):
     if "big" in parts:
         res["big"] = bench_big(big_n, min(args.big_block, big_n), args.big_epochs)
         print("big", res["big"], flush=True)
+    if "nystrom" in parts:
+        res["nystrom"] = bench_nystrom(big_n, args.nystrom_rank, args.nystrom_rtol,
+                                       args.nystrom_data)
     res["machine"]["loadavg_end"] = list(os.getloadavg())
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=float))
     (out / f"{stem}.md").write_text(markdown(res))

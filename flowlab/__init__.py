@@ -163,6 +163,12 @@ from .linalg import (
     NormalCholeskySolver as NormalCholeskySolver,
 )
 from .linalg import (
+    NystromPreconditioner as NystromPreconditioner,
+)
+from .linalg import (
+    NystromSolver as NystromSolver,
+)
+from .linalg import (
     QRSolver as QRSolver,
 )
 from .linalg import (
@@ -176,6 +182,9 @@ from .linalg import (
 )
 from .linalg import (
     auto_solver as auto_solver,
+)
+from .linalg import (
+    conjugate_residual as conjugate_residual,
 )
 from .linalg import (
     jacobian_svd as jacobian_svd,

@@ -19,6 +19,7 @@ from flowlab.linalg import (
     GramOrQRSolver,
     LayerwiseGram,
     NormalCholeskySolver,
+    NystromSolver,
     QRSolver,
     SVDSolver,
     auto_gram,
@@ -81,6 +82,7 @@ def test_overparametrised_strategies_agree(wide):
         CholeskySolver(LayerwiseGram()),
         "auto",  # Cholesky of the AutoGram -> layerwise
         CGSolver(),
+        NystromSolver(rank=4, rtol=1e-13),
         SVDSolver(),
     ]
     theta = wide.theta0
@@ -147,8 +149,8 @@ def test_auto_choices(wide):
     assert wide.num_params * wide.num_outputs <= QR_FALLBACK_SIZE
     assert isinstance(auto_gram(wide), LayerwiseGram)
     assert isinstance(fl.AdaptedFlow().solver, str)  # resolved lazily, per problem
-    # Θ too big for the memory budget: matrix-free CG
-    assert isinstance(auto_solver(wide, memory_budget_bytes=8 * 63), CGSolver)
+    # Θ too big for the memory budget: matrix-free, Nyström-preconditioned
+    assert isinstance(auto_solver(wide, memory_budget_bytes=8 * 63), NystromSolver)
     assert isinstance(auto_solver(wide, memory_budget_bytes=8 * 64), GramOrQRSolver)
     # underparametrised: QR of D
     under = mlp_problem(40, 1, [2], in_size=3, seed=2)

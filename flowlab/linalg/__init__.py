@@ -1,5 +1,6 @@
 r"""How the flows get at D: Gram strategies (`_gram`), pseudo-inverse solvers (`_solvers`) and the
-spectrum of D with the rank and conditioning cutoffs (`_spectrum`)."""
+spectrum of D with the rank and conditioning cutoffs (`_spectrum`), and the matrix-free route for
+large QN (`_nystrom`)."""
 
 from ._gram import (
     BLOCK_BYTES as BLOCK_BYTES,
@@ -28,6 +29,24 @@ from ._gram import (
 from ._gram import (
     mlp_gram as mlp_gram,
 )
+from ._nystrom import (
+    JacobianProducts as JacobianProducts,
+)
+from ._nystrom import (
+    KrylovResult as KrylovResult,
+)
+from ._nystrom import (
+    NystromPreconditioner as NystromPreconditioner,
+)
+from ._nystrom import (
+    conjugate_residual as conjugate_residual,
+)
+from ._nystrom import (
+    jacobian_products as jacobian_products,
+)
+from ._nystrom import (
+    nystrom_preconditioner as nystrom_preconditioner,
+)
 from ._sharded import (
     ShardedGram as ShardedGram,
 )
@@ -54,6 +73,9 @@ from ._solvers import (
 )
 from ._solvers import (
     NormalCholeskySolver as NormalCholeskySolver,
+)
+from ._solvers import (
+    NystromSolver as NystromSolver,
 )
 from ._solvers import (
     QRSolver as QRSolver,

@@ -5,10 +5,13 @@ of D v = g:
 - 'svd': v = V Σ⁺ Uᵀ g with singular values below rcond·σ_max dropped (any rank);
 - 'normal_cholesky': v = (DᵀD)⁻¹ Dᵀ g (full column rank, K ≤ QN; cheaper than QR of D);
 - 'cg': matrix-free conjugate gradients on Θ w = g (K ≥ QN) or DᵀD v = Dᵀ g (K < QN), with
-  products by D and Dᵀ from jvp / vjp. The fallback when neither D nor Θ fits in memory.
+  products by D and Dᵀ from jvp / vjp, unpreconditioned. The fallback when K < QN and D does
+  not fit in memory.
+- 'nystrom': matrix-free conjugate residuals on Θ w = g with a Nyström preconditioner
+  (`_nystrom`), K ≥ QN: the route when Θ does not fit in memory.
 
-`resolve_solver('auto')` takes Cholesky of the auto Gram when K ≥ QN and Θ fits in memory, CG
-when it does not, and QR of D when K < QN (see `auto_solver` for why not the normal equations).
+`resolve_solver('auto')` takes Cholesky of the auto Gram when K ≥ QN and Θ fits in memory,
+Nyström-preconditioned conjugate residuals when it does not, and QR of D when K < QN (see `auto_solver` for why not the normal equations).
 Each solver's `max_condition` is the σ_max/σ_min(D) it resolves (`_spectrum`): the routes through
 Θ or DᵀD square cond(D), the factorisations of D do not.
 """
@@ -20,11 +23,19 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import jax.scipy.linalg
 import lineax as lx
 from jaxtyping import Array, Float
 
 from ._gram import AbstractGram, AutoGram
+from ._nystrom import (
+    JacobianProducts,
+    KrylovResult,
+    conjugate_residual,
+    jacobian_products,
+    nystrom_preconditioner,
+)
 from ._spectrum import all_over_seeds, condition_limit
 
 
@@ -161,7 +172,8 @@ class CGSolver(AbstractPinvSolver):
     """Matrix-free D⁺ g by conjugate gradients, products by D (jvp) and Dᵀ (vjp) only.
 
     K ≥ QN: solve Θ w = g with Θ u = D(Dᵀ u), then v = Dᵀ w; K < QN: solve DᵀD v = Dᵀ g
-    (CGLS). Memory O(K + QN): the fallback when Θ (or D) does not fit. Iterations grow like
+    (CGLS). Memory O(K + QN): the fallback when D does not fit and K < QN (for K ≥ QN,
+    NystromSolver preconditions the same products). Iterations grow like
     √cond(Θ) = σ_max/σ_min, so it suits well-conditioned problems; an unconverged solve
     returns the last iterate (throw=False) and max_steps bounds the work."""
 
@@ -188,6 +200,63 @@ class CGSolver(AbstractPinvSolver):
         return lx.linear_solve(op, dt(rhs), cg, throw=False).value
 
 
+class NystromSolver(AbstractPinvSolver):
+    r"""D⁺g = Dᵀw, Θ w = g solved by Nyström-preconditioned conjugate residuals without forming
+    Θ (K ≥ QN; `_nystrom`).
+
+    Memory O(K + QN·(l + Σ M_l)) for an MLP (O(K + QN·l) plus a linearisation otherwise),
+    against (QN)² for a dense Θ: the route for QN in the tens of thousands. Per CG step one
+    product by D and one by Dᵀ; the preconditioner costs l columns of Θ once per solve.
+    `rtol` is the relative residual |g − Θw|/|g| the solve stops at; a solve that reaches
+    `max_steps` first returns its last iterate, whose residual `solve_with_stats` reports."""
+
+    route: ClassVar[str] = "gram"
+    rank: int = eqx.field(static=True, default=1024)
+    rtol: float = eqx.field(static=True, default=1e-8)
+    max_steps: int = eqx.field(static=True, default=1000)
+    seed: int = eqx.field(static=True, default=0)
+
+    def __check_init__(self):
+        if not (isinstance(self.rank, int) and self.rank >= 1):
+            raise ValueError(f"rank must be an integer >= 1, got {self.rank!r}")
+        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
+            raise ValueError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
+        if not 0 < self.rtol < 1:
+            raise ValueError(f"rtol must lie in (0, 1), got {self.rtol!r}")
+
+    def check(self, problem):
+        CholeskySolver().check(problem)
+
+    def preconditioner(self, problem, theta, products: JacobianProducts | None = None):
+        """The Nyström preconditioner of Θ at θ (rank min(l, QN))."""
+        products = jacobian_products(problem, theta) if products is None else products
+        key = jr.key(self.seed)
+        qn = problem.num_outputs
+        if products.columns is not None:
+            n_examples = problem.inputs.shape[0]
+            q = qn // n_examples
+            count = min(max(1, self.rank // q), n_examples)
+            examples = jnp.sort(jr.choice(key, n_examples, (count,), replace=False))
+            sketch = products.columns(examples)
+            rows = (examples[:, None] * q + jnp.arange(q)).reshape(-1)
+            return nystrom_preconditioner(sketch, rows)
+        rank = min(self.rank, qn)
+        test, _ = jnp.linalg.qr(jr.normal(key, (qn, rank), problem.theta0.dtype))
+        sketch = jax.vmap(lambda v: products.jvp(products.vjp(v)), in_axes=1, out_axes=1)(test)
+        return nystrom_preconditioner(sketch, test)
+
+    def solve_with_stats(self, problem, theta, rhs) -> tuple[Float[Array, " K"], KrylovResult]:
+        products = jacobian_products(problem, theta)
+        pre = self.preconditioner(problem, theta, products)
+        out = conjugate_residual(
+            lambda w: products.jvp(products.vjp(w)), rhs, pre, self.rtol, self.max_steps
+        )
+        return products.vjp(out.solution), out
+
+    def solve(self, problem, theta, rhs):
+        return self.solve_with_stats(problem, theta, rhs)[0]
+
+
 SOLVERS = {
     "cholesky": CholeskySolver,
     "gram_or_qr": GramOrQRSolver,
@@ -195,6 +264,7 @@ SOLVERS = {
     "svd": SVDSolver,
     "normal_cholesky": NormalCholeskySolver,
     "cg": CGSolver,
+    "nystrom": NystromSolver,
 }
 
 #: largest QN·K for which 'auto' keeps QR of D ready beside the Gram (GramOrQRSolver).
@@ -225,7 +295,7 @@ def auto_solver(problem, memory_budget_bytes: int | None = None) -> AbstractPinv
     """The 'auto' choice from the model type, K, QN and memory.
 
     K ≥ QN: Cholesky of Θ (AutoGram: layerwise for an MLP, else in row blocks) when Θ fits
-    in the memory budget; matrix-free CG otherwise. K < QN: QR of D, or CG
+    in the memory budget; matrix-free Nyström-preconditioned conjugate residuals otherwise. K < QN: QR of D, or CG
     when D does not fit. Normal-equation Cholesky (QN·K² + K³/3 flops against QR's
     2QN·K² − 2K³/3, so at most 2× cheaper, and D by jacfwd costs the same for both) is not
     the default because it squares cond(D): at cond(D) = 4e6, inside the default rank guard
@@ -236,7 +306,7 @@ def auto_solver(problem, memory_budget_bytes: int | None = None) -> AbstractPinv
     if problem.overparametrised:
         need = qn * qn  # the auto Gram holds Θ, and of D at most a block (BlockedGram)
         if need * item > budget:
-            return CGSolver()
+            return NystromSolver()
         # QR of D as the fallback where Θ cannot resolve D, when D is small enough that its
         # QR (2·QN²·K flops, run every step under vmap) costs little beside the Gram
         return GramOrQRSolver() if qn * k <= QR_FALLBACK_SIZE else CholeskySolver()
@@ -247,8 +317,8 @@ def auto_solver(problem, memory_budget_bytes: int | None = None) -> AbstractPinv
 
 def resolve_solver(solver: "str | AbstractPinvSolver", problem) -> AbstractPinvSolver:
     """A solver instance from a name; 'auto' is `auto_solver(problem)`: Cholesky of the
-    (layerwise, for an MLP) Gram when K ≥ QN, QR of D when K < QN, CG when the matrices do
-    not fit in memory."""
+    (layerwise, for an MLP) Gram when K ≥ QN, QR of D when K < QN, Nyström-preconditioned
+    conjugate residuals (K ≥ QN) or CG (K < QN) when the matrices do not fit in memory."""
     if isinstance(solver, AbstractPinvSolver):
         out = solver
     elif solver == "auto":
