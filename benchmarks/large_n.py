@@ -148,11 +148,11 @@ def bench_big(n, block, epochs):
             "load": load()}
 
 
-def bench_nystrom(n, rank, rtol, data, max_krylov=200, max_steps=30):
+def bench_nystrom(n, rank, rtol, data, backtracking=True, max_krylov=200, max_steps=30):
     p = problem(n, data=data)
     solver = NystromSolver(rank=rank, rtol=rtol, max_steps=max_krylov)
     out = {"N": n, "K": p.num_params, "rank": rank, "rtol": rtol, "max_krylov_steps": max_krylov,
-           "data": data, "load_start": load()}
+           "data": data, "backtracking": backtracking, "load_start": load()}
     g = p.residual(p.theta0)
 
     def products(prob, th, w, count):  # the forward/backward signals once, then count Θw
@@ -184,7 +184,7 @@ def bench_nystrom(n, rank, rtol, data, max_krylov=200, max_steps=30):
     # a full Gauss–Newton step (h = 1/κ) that follows a long Krylov solve can overshoot (measured
     # at N = 65 536 without a line search: C/C(0) cycling between 8e-5 and 1.5e-2): halve it
     tr = fl.euler_steps(p, fl.AdaptedFlow(solver=solver), num_steps=max_steps,
-                        cost_target_relative=1e-6, diagnostics=False, backtracking=True)
+                        cost_target_relative=1e-6, diagnostics=False, backtracking=backtracking)
     out["steps"] = {"compile_seconds": tr.compile_time, "seconds": tr.wall_time,
                     "steps": int(tr.num_steps), "stop": tr.stop_reason,
                     "halvings": int(tr.num_rejected_steps),
@@ -253,7 +253,9 @@ def markdown(res) -> str:
                   f"(`NystromSolver`: rank {y['rank']}, conjugate residuals to |r − Θw| ≤ "
                   f"{y['rtol']}·|r|, at most {y['max_krylov_steps']} Krylov steps; load "
                   f"{y['load_start']} → {y['load_end']}): {st['steps']} steps with "
-                  f"{st['halvings']} halvings (Armijo backtracking) in {st['seconds']:.0f} s "
+                  f"{st['halvings']} halvings ("
+                  f"{'Armijo backtracking' if y.get('backtracking', True) else 'full steps'}) "
+                  f"in {st['seconds']:.0f} s "
                   f"(compile {st['compile_seconds']:.1f} s), stop: {st['stop']}, final C/C(0) = "
                   f"{st['cost_ratios'][-1]:.3g}; C/C(0) per step: " +
                   ", ".join(f"{v:.2g}" for v in st["cost_ratios"]) + ".",
@@ -277,6 +279,8 @@ def main(argv=None):
     ap.add_argument("--no-ode", action="store_true")
     ap.add_argument("--nystrom-rank", type=int, default=2048)
     ap.add_argument("--nystrom-rtol", type=float, default=0.1)
+    ap.add_argument("--nystrom-full-steps", action="store_true",
+                    help="(e) without Armijo halving: every step h = 1/κ")
     ap.add_argument("--nystrom-data", choices=("smooth", "teacher"), default="teacher",
                     help="targets for (e): smooth_regression or a random tanh teacher network")
     ap.add_argument("--out", default=str(ROOT / "results"))
@@ -308,7 +312,7 @@ def main(argv=None):
         print("big", res["big"], flush=True)
     if "nystrom" in parts:
         res["nystrom"] = bench_nystrom(big_n, args.nystrom_rank, args.nystrom_rtol,
-                                       args.nystrom_data)
+                                       args.nystrom_data, not args.nystrom_full_steps)
     res["machine"]["loadavg_end"] = list(os.getloadavg())
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=float))
     (out / f"{stem}.md").write_text(markdown(res))
