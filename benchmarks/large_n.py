@@ -17,7 +17,8 @@ data by default, `--nystrom-data`), float64, κ = 1/N.
     time to 1e-6·C(0);
 (e) adapted steps with the matrix-free Nyström route (`NystromSolver`: conjugate residuals on
     Θw = r to --nystrom-rtol, rank --nystrom-rank preconditioner) at N = --big-n to
-    C ≤ 1e-6·C(0); at θ0 also the time of one product by Θ, of the preconditioner, and the
+    C ≤ 1e-6·C(0), globalised by --nystrom-search (default Levenberg–Marquardt damping; results
+    key 'nystrom', the others 'nystrom_<search>'); at θ0 also the time of one product by Θ, of the preconditioner, and the
     Krylov steps of one solve with and without the preconditioner.
 Results: benchmarks/results/large_n.{json,md}. The machine is shared: the load average is
 recorded before and after each part.
@@ -148,11 +149,16 @@ def bench_big(n, block, epochs):
             "load": load()}
 
 
-def bench_nystrom(n, rank, rtol, data, backtracking=True, max_krylov=200, max_steps=30):
+SEARCHES = ("levenberg_marquardt", "backtracking", "full")
+
+
+def bench_nystrom(n, rank, rtol, data, search="levenberg_marquardt", max_krylov=200,
+                  max_steps=None):
     p = problem(n, data=data)
     solver = NystromSolver(rank=rank, rtol=rtol, max_steps=max_krylov)
+    max_steps = max_steps or (60 if search == "levenberg_marquardt" else 30)
     out = {"N": n, "K": p.num_params, "rank": rank, "rtol": rtol, "max_krylov_steps": max_krylov,
-           "data": data, "backtracking": backtracking, "load_start": load()}
+           "data": data, "search": search, "load_start": load()}
     g = p.residual(p.theta0)
 
     def products(prob, th, w, count):  # the forward/backward signals once, then count Θw
@@ -182,17 +188,51 @@ def bench_nystrom(n, rank, rtol, data, backtracking=True, max_krylov=200, max_st
                                 "seconds_with_compile": time.perf_counter() - t}
         print("nystrom solve", name, out[f"solve_{name}"], load(), flush=True)
     # a full Gauss–Newton step (h = 1/κ) that follows a long Krylov solve can overshoot (measured
-    # at N = 65 536 without a line search: C/C(0) cycling between 8e-5 and 1.5e-2): halve it
+    # at N = 65 536 without a line search: C/C(0) cycling between 8e-5 and 1.5e-2): damp it
+    # (Levenberg–Marquardt) or halve it
     tr = fl.euler_steps(p, fl.AdaptedFlow(solver=solver), num_steps=max_steps,
-                        cost_target_relative=1e-6, diagnostics=False, backtracking=backtracking)
+                        cost_target_relative=1e-6, diagnostics=False,
+                        backtracking=search == "backtracking",
+                        levenberg_marquardt=search == "levenberg_marquardt")
+    valid = np.asarray(tr.valid)
     out["steps"] = {"compile_seconds": tr.compile_time, "seconds": tr.wall_time,
-                    "steps": int(tr.num_steps), "stop": tr.stop_reason,
-                    "halvings": int(tr.num_rejected_steps),
-                    "cost_ratios": [float(v) for v in np.asarray(tr.cost / tr.cost0)
-                                    if np.isfinite(v)]}
+                    "steps": int(tr.num_steps), "accepted": int(tr.num_accepted_steps),
+                    "stop": tr.stop_reason, "rejected": int(tr.num_rejected_steps),
+                    "cost_ratios": [float(v) for v in np.asarray(tr.cost / tr.cost0)[valid]]}
+    if search == "levenberg_marquardt":
+        out["steps"]["damping"] = [float(v) for v in np.asarray(tr.extras["damping"])[valid]]
     out["load_end"] = load()
     print("nystrom steps", out["steps"], load(), flush=True)
     return out
+
+
+def _nystrom_lines(y) -> list[str]:
+    st, sp, s1 = y["steps"], y["solve_preconditioned"], y["solve_rank_1"]
+    search = y.get("search", "backtracking")
+    rejected = st.get("rejected", st.get("halvings"))
+    how = {"levenberg_marquardt": f"Levenberg–Marquardt: {st.get('accepted')} accepted steps "
+                                  f"of {st['steps']} trials, {rejected} rejected",
+           "backtracking": f"Armijo backtracking: {st['steps']} steps, {rejected} halvings",
+           "full": f"full steps h = 1/κ: {st['steps']} steps"}[search]
+    lines = [f"**Matrix-free adapted steps at N = {y['N']}**, {y['data']} data "
+             f"(`NystromSolver`: rank {y['rank']}, conjugate residuals to |r − Θw| ≤ "
+             f"{y['rtol']}·|r|, at most {y['max_krylov_steps']} Krylov steps; load "
+             f"{y['load_start']} → {y['load_end']}"
+             + (f"; {y['provenance']}" if "provenance" in y else "") + f"): {how}, "
+             f"in {st['seconds']:.0f} s (compile {st['compile_seconds']:.1f} s), stop: "
+             f"{st['stop']}, final C/C(0) = {st['cost_ratios'][-1]:.3g}; C/C(0) per accepted "
+             "step: " + ", ".join(f"{v:.2g}" for v in st["cost_ratios"]) + "."]
+    if "damping" in st:
+        lines += ["", "λ per accepted step: " + ", ".join(f"{v:.2g}" for v in st["damping"])
+                  + "."]
+    lines += ["", f"At θ0: the layers' forward and backward signals {y['signals_seconds']:.2f} s, "
+              f"one product by Θ (D(Dᵀw)) {y['product_seconds']:.2f} s; preconditioner "
+              f"{y['preconditioner_seconds']:.1f} s; one solve {sp['krylov_steps']} Krylov "
+              f"steps to {sp['relative_residual']:.2g} ({sp['seconds_with_compile']:.0f} s "
+              f"with compile), against {s1['krylov_steps']} steps to "
+              f"{s1['relative_residual']:.2g} ({s1['seconds_with_compile']:.0f} s) with a "
+              "rank-1 preconditioner."]
+    return lines
 
 
 def markdown(res) -> str:
@@ -246,27 +286,9 @@ def markdown(res) -> str:
                if math.isfinite(b["extrapolated_passes_to_1e-6"] or math.nan) else
                "; C did not fall monotonically over the passes: no extrapolation") +
               f"; stop: {b['stop']}."]
-    if "nystrom" in res:
-        y = res["nystrom"]
-        st, sp, s1 = y["steps"], y["solve_preconditioned"], y["solve_rank_1"]
-        lines += ["", f"**Matrix-free adapted steps at N = {y['N']}**, {y['data']} data "
-                  f"(`NystromSolver`: rank {y['rank']}, conjugate residuals to |r − Θw| ≤ "
-                  f"{y['rtol']}·|r|, at most {y['max_krylov_steps']} Krylov steps; load "
-                  f"{y['load_start']} → {y['load_end']}): {st['steps']} steps with "
-                  f"{st['halvings']} halvings ("
-                  f"{'Armijo backtracking' if y.get('backtracking', True) else 'full steps'}) "
-                  f"in {st['seconds']:.0f} s "
-                  f"(compile {st['compile_seconds']:.1f} s), stop: {st['stop']}, final C/C(0) = "
-                  f"{st['cost_ratios'][-1]:.3g}; C/C(0) per step: " +
-                  ", ".join(f"{v:.2g}" for v in st["cost_ratios"]) + ".",
-                  "",
-                  f"At θ0: the layers' forward and backward signals {y['signals_seconds']:.2f} s, "
-                  f"one product by Θ (D(Dᵀw)) {y['product_seconds']:.2f} s; preconditioner "
-                  f"{y['preconditioner_seconds']:.1f} s; one solve {sp['krylov_steps']} Krylov "
-                  f"steps to {sp['relative_residual']:.2g} ({sp['seconds_with_compile']:.0f} s "
-                  f"with compile), against {s1['krylov_steps']} steps to "
-                  f"{s1['relative_residual']:.2g} ({s1['seconds_with_compile']:.0f} s) with a "
-                  "rank-1 preconditioner."]
+    for key in ("nystrom", "nystrom_backtracking"):
+        if key in res:
+            lines += ["", *_nystrom_lines(res[key])]
     return "\n".join(lines) + "\n"
 
 
@@ -279,8 +301,9 @@ def main(argv=None):
     ap.add_argument("--no-ode", action="store_true")
     ap.add_argument("--nystrom-rank", type=int, default=2048)
     ap.add_argument("--nystrom-rtol", type=float, default=0.1)
-    ap.add_argument("--nystrom-full-steps", action="store_true",
-                    help="(e) without Armijo halving: every step h = 1/κ")
+    ap.add_argument("--nystrom-search", choices=SEARCHES, default="levenberg_marquardt",
+                    help="(e): Levenberg–Marquardt damping, Armijo halving of h = 1/κ, or full "
+                         "steps h = 1/κ")
     ap.add_argument("--nystrom-data", choices=("smooth", "teacher"), default="teacher",
                     help="targets for (e): smooth_regression or a random tanh teacher network")
     ap.add_argument("--out", default=str(ROOT / "results"))
@@ -311,8 +334,10 @@ def main(argv=None):
         res["big"] = bench_big(big_n, min(args.big_block, big_n), args.big_epochs)
         print("big", res["big"], flush=True)
     if "nystrom" in parts:
-        res["nystrom"] = bench_nystrom(big_n, args.nystrom_rank, args.nystrom_rtol,
-                                       args.nystrom_data, not args.nystrom_full_steps)
+        key = "nystrom" if args.nystrom_search == "levenberg_marquardt" else \
+            f"nystrom_{args.nystrom_search}"
+        res[key] = bench_nystrom(big_n, args.nystrom_rank, args.nystrom_rtol, args.nystrom_data,
+                                 args.nystrom_search)
     res["machine"]["loadavg_end"] = list(os.getloadavg())
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=float))
     (out / f"{stem}.md").write_text(markdown(res))

@@ -45,6 +45,22 @@ class AdaptedFlow(AbstractFlow):
         g = problem.output_gradient(problem.outputs(theta))
         return -self._solver(problem).solve(problem, theta, g)
 
+    def damped_velocity(self, problem, theta, damping):
+        """θ' = −Dᵀ(Θ + λI)⁻¹∇_X C: linearised, output mode i contracts at rate κλ_i/(λ_i + λ)
+        (the adapted flow's κ for λ_i ≫ λ, the standard flow's κλ_i/λ for λ_i ≪ λ)."""
+        g = problem.output_gradient(problem.outputs(theta))
+        return -self._solver(problem).solve_damped(problem, theta, g, damping)
+
+    def check_damped(self, problem):
+        if not problem.overparametrised:
+            raise ValueError(
+                f"levenberg_marquardt needs K >= QN (here K = {problem.num_params} < QN = "
+                f"{problem.num_outputs}): the damped step is taken through Θ = DDᵀ")
+        solver = self._solver(problem)
+        if not solver.has_damped_solve:
+            raise ValueError(f"levenberg_marquardt: solver {type(solver).__name__} has no damped "
+                             "solve; use solver='cholesky', 'gram_or_qr', 'nystrom' or 'auto'")
+
     def output_path(self, problem):
         if not (linear_theory_applies(problem) and problem.overparametrised):
             return None

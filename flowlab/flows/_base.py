@@ -61,6 +61,16 @@ class AbstractFlow(eqx.Module):
         """The minimum-norm dθ with D dθ = dX: D⁺dX (flows with an `output_path` only)."""
         raise NotImplementedError(f"{type(self).__name__} has no output path to follow")
 
+    def damped_velocity(self, problem, theta: Float[Array, " K"], damping) -> Float[Array, " K"]:
+        """θ' damped by λ = `damping` ≥ 0, for Levenberg–Marquardt steps (`euler_steps` with
+        levenberg_marquardt); the flow itself at λ = 0."""
+        raise NotImplementedError
+
+    def check_damped(self, problem) -> None:
+        """Raise a ValueError when the flow has no `damped_velocity` for the problem."""
+        raise ValueError(f"{type(self).__name__} has no damped step for levenberg_marquardt; "
+                         "it applies to the AdaptedFlow")
+
     def at_start(self, problem, theta0: Float[Array, " K"]) -> "AbstractFlow":
         """The flow for a run from θ0 (for flows defined by the start, e.g. interpolation)."""
         return self

@@ -210,6 +210,15 @@ class IntegratorOptions(eqx.Module):
         None, "ENGD's line search for Euler steps: try h·2^-j, j = 0..n-1, and take the lowest "
         "cost (n cost evaluations per step; off: none). With it or backtracking a step that "
         "lowers no cost ends the run ('no_descent')", OPTIONAL_COUNT, static=True)
+    levenberg_marquardt: bool = setting(
+        False, "Levenberg–Marquardt steps of the adapted flow: θ ← θ − hDᵀ(Θ + λI)⁻¹∇_X C, "
+        "accepted when C falls, with λ adapted by the ratio ρ of the actual to the linearised "
+        "decrease (Nielsen: λ·max(1/3, 1 − (2ρ − 1)³) after a success, doubled growth after a "
+        "failure); max_backtracks failures in a row end the run ('no_descent')", BOOL,
+        static=True)
+    initial_damping: float = setting(
+        1e-3, "λ at θ0 for levenberg_marquardt, relative to rᵀΘr/rᵀr (r = X(θ0) − Y)",
+        POSITIVE)
 
     def __check_init__(self):
         for f in dataclasses.fields(self):
@@ -222,8 +231,12 @@ class IntegratorOptions(eqx.Module):
                 raise ValueError(
                     f"integrator setting {f.name} = {value!r}: expected "
                     f"{f.metadata['check'].expected}") from None
-        if self.backtracking and self.grid_search is not None:
-            raise ValueError("integrator settings backtracking and grid_search: choose one line "
+        searches = [name for name, on in (("backtracking", self.backtracking),
+                                           ("grid_search", self.grid_search is not None),
+                                           ("levenberg_marquardt", self.levenberg_marquardt))
+                    if on]
+        if len(searches) > 1:
+            raise ValueError(f"integrator settings {' and '.join(searches)}: choose one line "
                              "search")
         if self.ts is not None and not _resolved(self.ts) and float(self.ts[-1]) > float(self.t1):
             raise ValueError(f"integrator setting ts: save times must lie in [0, t1 = {self.t1}], "

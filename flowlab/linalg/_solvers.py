@@ -12,6 +12,7 @@ of D v = g:
 
 `resolve_solver('auto')` takes Cholesky of the auto Gram when K ≥ QN and Θ fits in memory,
 Nyström-preconditioned conjugate residuals when it does not, and QR of D when K < QN (see `auto_solver` for why not the normal equations).
+`solve_damped` (Cholesky, GramOrQR, Nyström) gives the Levenberg–Marquardt step Dᵀ(Θ + λI)⁻¹g.
 Each solver's `max_condition` is the σ_max/σ_min(D) it resolves (`_spectrum`): the routes through
 Θ or DᵀD square cond(D), the factorisations of D do not.
 """
@@ -56,6 +57,25 @@ class AbstractPinvSolver(eqx.Module):
     def check(self, problem) -> None:
         """Raise a ValueError when the solver cannot apply to the problem's shapes."""
 
+    def solve_damped(self, problem, theta, rhs: Float[Array, " QN"], damping) -> Float[Array, " K"]:
+        """v = Dᵀ(Θ + λI)⁻¹ g = (DᵀD + λI)⁻¹Dᵀ g, λ = `damping` ≥ 0 (K ≥ QN): the
+        Levenberg–Marquardt step, D⁺g as λ → 0. Solvers without it raise NotImplementedError."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no damped solve; use 'cholesky', 'gram_or_qr' or 'nystrom'"
+        )
+
+    @property
+    def has_damped_solve(self) -> bool:
+        return type(self).solve_damped is not AbstractPinvSolver.solve_damped
+
+
+def _damped_through_gram(gram, problem, theta, rhs, damping):
+    """Dᵀ(Θ + λI)⁻¹ g by Cholesky of Θ + λI (λ > 0 bounds its condition by λ_max/λ + 1)."""
+    theta_gram, transpose = gram(problem, theta)
+    shifted = theta_gram + damping * jnp.eye(theta_gram.shape[0], dtype=theta_gram.dtype)
+    op = lx.MatrixLinearOperator(shifted, lx.positive_semidefinite_tag)
+    return transpose(lx.linear_solve(op, rhs, lx.Cholesky(), throw=False).value)
+
 
 class CholeskySolver(AbstractPinvSolver):
     """v = Dᵀ (D Dᵀ)⁻¹ g by a Cholesky factorisation of the Gram matrix (full row rank).
@@ -79,6 +99,9 @@ class CholeskySolver(AbstractPinvSolver):
         op = lx.MatrixLinearOperator(theta_gram, lx.positive_semidefinite_tag)
         w = lx.linear_solve(op, rhs, lx.Cholesky(), throw=False).value
         return transpose(w)
+
+    def solve_damped(self, problem, theta, rhs, damping):
+        return _damped_through_gram(self.gram, problem, theta, rhs, damping)
 
 
 class GramOrQRSolver(AbstractPinvSolver):
@@ -123,6 +146,9 @@ class GramOrQRSolver(AbstractPinvSolver):
             return QRSolver().solve(problem, theta, rhs)
 
         return jax.lax.cond(resolved, through_gram, through_qr, None)
+
+    def solve_damped(self, problem, theta, rhs, damping):
+        return _damped_through_gram(self.gram, problem, theta, rhs, damping)
 
 
 class QRSolver(AbstractPinvSolver):
@@ -208,7 +234,9 @@ class NystromSolver(AbstractPinvSolver):
     against (QN)² for a dense Θ: the route for QN in the tens of thousands. Per CG step one
     product by D and one by Dᵀ; the preconditioner costs l columns of Θ once per solve.
     `rtol` is the relative residual |g − Θw|/|g| the solve stops at; a solve that reaches
-    `max_steps` first returns its last iterate, whose residual `solve_with_stats` reports."""
+    `max_steps` first returns its last iterate, whose residual `solve_with_stats` reports.
+    `solve_damped` solves (Θ + λI)w = g the same way: the Levenberg–Marquardt steps that large
+    QN needs (full Gauss–Newton steps cycled at N = 65 536, README: Large N)."""
 
     route: ClassVar[str] = "gram"
     rank: int = eqx.field(static=True, default=1024)
@@ -245,16 +273,29 @@ class NystromSolver(AbstractPinvSolver):
         sketch = jax.vmap(lambda v: products.jvp(products.vjp(v)), in_axes=1, out_axes=1)(test)
         return nystrom_preconditioner(sketch, test)
 
-    def solve_with_stats(self, problem, theta, rhs) -> tuple[Float[Array, " K"], KrylovResult]:
+    def solve_with_stats(
+        self, problem, theta, rhs, damping=None
+    ) -> tuple[Float[Array, " K"], KrylovResult]:
+        """v and the Krylov solve's statistics; with `damping` λ the system is (Θ + λI)w = g
+        and the preconditioner's shift μ is λ (Frangella–Tropp–Udell's setting for Θ + μI)."""
         products = jacobian_products(problem, theta)
         pre = self.preconditioner(problem, theta, products)
-        out = conjugate_residual(
-            lambda w: products.jvp(products.vjp(w)), rhs, pre, self.rtol, self.max_steps
-        )
+        if damping is not None:
+            damping = jnp.asarray(damping, rhs.dtype)
+            pre = eqx.tree_at(lambda p: p.shift, pre, damping)
+
+        def matvec(w):
+            out = products.jvp(products.vjp(w))
+            return out if damping is None else out + damping * w
+
+        out = conjugate_residual(matvec, rhs, pre, self.rtol, self.max_steps)
         return products.vjp(out.solution), out
 
     def solve(self, problem, theta, rhs):
         return self.solve_with_stats(problem, theta, rhs)[0]
+
+    def solve_damped(self, problem, theta, rhs, damping):
+        return self.solve_with_stats(problem, theta, rhs, damping)[0]
 
 
 SOLVERS = {

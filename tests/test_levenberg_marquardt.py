@@ -1,0 +1,108 @@
+"""Levenberg–Marquardt steps of the adapted flow (`euler_steps(levenberg_marquardt=True)`): the
+damped step against an independent formula, its λ → 0 limit, and the globalisation where full
+Gauss–Newton steps diverge."""
+
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import flowlab as fl
+
+SOLVERS = ("cholesky", "gram_or_qr", fl.NystromSolver(rank=64, rtol=1e-13, max_steps=200))
+
+
+@pytest.fixture(scope="module")
+def problem():
+    data = fl.teacher(jr.key(0), 24, 3)  # QN = 24 ≤ K = 353
+    return fl.LeastSquaresProblem(fl.MLP(3, 1, [16, 16], "tanh", key=jr.key(1)), data)
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=("cholesky", "gram_or_qr", "nystrom"))
+def test_damped_step_is_the_regularised_least_squares_step(problem, solver):
+    # v_λ = −Dᵀ(Θ + λI)⁻¹g must equal −(DᵀD + λI)⁻¹Dᵀg (push-through identity; a K × K solve,
+    # independent of the QN × QN route), and D v_λ = −Θ(Θ + λI)⁻¹g
+    theta = problem.theta0
+    d = np.asarray(problem.jacobian(theta))
+    g = np.asarray(problem.output_gradient(problem.outputs(theta)))
+    lam_max = np.linalg.eigvalsh(d @ d.T)[-1]
+    flow = fl.AdaptedFlow(solver=solver)
+    for damping in (1e-6 * lam_max, 1e-3 * lam_max, lam_max):
+        v = np.asarray(flow.damped_velocity(problem, theta, damping))
+        k = d.shape[1]
+        expected = -np.linalg.solve(d.T @ d + damping * np.eye(k), d.T @ g)
+        np.testing.assert_allclose(v, expected, rtol=0, atol=1e-9 * np.abs(expected).max())
+        theta_gram = d @ d.T
+        dv = -theta_gram @ np.linalg.solve(theta_gram + damping * np.eye(len(g)), g)
+        np.testing.assert_allclose(d @ v, dv, rtol=0, atol=1e-9 * np.abs(dv).max())
+
+
+def test_vanishing_damping_is_the_adapted_step(problem):
+    theta = problem.theta0
+    flow = fl.AdaptedFlow(solver="cholesky")
+    d = problem.jacobian(theta)
+    lam_min = float(jnp.linalg.eigvalsh(d @ d.T)[0])
+    v = flow.velocity(problem, theta)
+    # |v_λ − v| = O(λ/λ_min)·|v|
+    v_small = flow.damped_velocity(problem, theta, 1e-8 * lam_min)
+    assert float(jnp.linalg.norm(v_small - v) / jnp.linalg.norm(v)) < 1e-6
+
+
+def test_initial_damping_is_relative_to_the_residual_rayleigh_quotient(problem):
+    tr = fl.euler_steps(problem, fl.AdaptedFlow(), num_steps=2, levenberg_marquardt=True,
+                        initial_damping=0.01, diagnostics=False)
+    d = problem.jacobian(problem.theta0)
+    r = problem.residual(problem.theta0)
+    expected = 0.01 * float(r @ (d @ (d.T @ r)) / (r @ r))
+    assert float(tr.extras["damping"][0]) == pytest.approx(expected, rel=1e-10)
+
+
+def test_converges_where_full_gauss_newton_steps_diverge():
+    # sin(8x) on 12 points: full steps h = 1/κ overflow within 40 steps (C/C(0) → inf); the
+    # damped steps lower C at every accepted step down to 1e-12·C(0)
+    x = jnp.linspace(-1, 1, 12)[:, None]
+    p = fl.LeastSquaresProblem(fl.MLP(1, 1, [16], "tanh", key=jr.key(0)),
+                               fl.Dataset(x, jnp.sin(8 * x)))
+    settings = {"diagnostics": False, "max_condition": None, "cost_target_relative": 1e-12}
+    full = fl.euler_steps(p, fl.AdaptedFlow(), num_steps=40, **settings)
+    worst = np.asarray(full.cost / full.cost0)[np.asarray(full.valid)].max()
+    assert not worst < 1e10  # inf or NaN count as diverged
+    for solver in ("cholesky", fl.NystromSolver(rank=12, rtol=1e-12)):
+        lm = fl.euler_steps(p, fl.AdaptedFlow(solver=solver), num_steps=80,
+                            levenberg_marquardt=True, **settings)
+        assert lm.stop_reason == "cost_target"
+        assert float(lm.cost_final) <= 1e-12 * float(lm.cost0)
+        valid = np.asarray(lm.valid)
+        assert np.all(np.diff(np.asarray(lm.cost)[valid]) < 0)
+        assert int(lm.num_rejected_steps) >= 1  # the damping was raised at least once
+        assert int(lm.num_accepted_steps) + int(lm.num_rejected_steps) == int(lm.num_steps)
+        assert int(lm.num_accepted_steps) == int(valid.sum()) - 1
+        damping = np.asarray(lm.extras["damping"])[valid]
+        assert np.all(damping > 0) and damping[-1] < damping[0]
+
+
+def test_batched_seeds_run_their_own_damping(problem):
+    thetas = problem.theta0 + 0.1 * jr.normal(jr.key(5), (3, problem.num_params))
+    tr = fl.euler_steps(problem, fl.AdaptedFlow(), thetas, num_steps=40,
+                        levenberg_marquardt=True, cost_target_relative=1e-10, diagnostics=False)
+    for b in range(3):
+        one = fl.euler_steps(problem, fl.AdaptedFlow(), thetas[b], num_steps=40,
+                             levenberg_marquardt=True, cost_target_relative=1e-10,
+                             diagnostics=False)
+        np.testing.assert_allclose(tr.cost_final[b], one.cost_final, rtol=1e-6)
+        assert int(tr.num_steps[b]) == int(one.num_steps)
+
+
+def test_setting_and_flow_checks(problem):
+    with pytest.raises(ValueError, match="choose one line search"):
+        fl.IntegratorOptions(levenberg_marquardt=True, backtracking=True)
+    with pytest.raises(ValueError, match="initial_damping"):
+        fl.IntegratorOptions(initial_damping=0.0)
+    with pytest.raises(ValueError, match="GradientFlow has no damped step"):
+        fl.euler_steps(problem, fl.GradientFlow(), levenberg_marquardt=True)
+    with pytest.raises(ValueError, match="QRSolver has no damped solve"):
+        fl.euler_steps(problem, fl.AdaptedFlow(solver="qr"), levenberg_marquardt=True)
+    narrow = fl.LeastSquaresProblem(fl.MLP(3, 1, [2], "tanh", key=jr.key(1)),
+                                    fl.teacher(jr.key(0), 24, 3))
+    with pytest.raises(ValueError, match="needs K >= QN"):
+        fl.euler_steps(narrow, fl.AdaptedFlow(), levenberg_marquardt=True)
