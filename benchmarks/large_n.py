@@ -9,7 +9,8 @@ data by default, `--nystrom-data`), float64, κ = 1/N.
     FLOP/s against a same-size matmul (N × 512 by 512 × N) and a 1024³ matmul timed in the same
     process, peak memory (compiled memory_analysis);
 (b) `euler_steps` (h = 1/κ, the Gauss–Newton step) to C ≤ 1e-10·C(0), and `simulate` (tsit5)
-    to the same target, compile and run times separately (diagnostics off);
+    to the same target, compile and run times separately (diagnostics off); part 'full_lm' the
+    same steps with Levenberg–Marquardt damping;
 (c) sketch-and-project at N = 256 (b = 32): the mean C_k/C_0 of 4 runs against the linear
     theory's exact E|r_k|²/|r_0|², and the bound 1 − λ_min⁺(E Z);
 (d) sketch-and-project at N = --big-n (b = --big-block) for --big-epochs passes over the blocks:
@@ -100,6 +101,23 @@ def bench_full(n, ode=True):
                            "field_evals": int(tr.num_field_evals), "steps": int(tr.num_steps)}
         print("ode (output path)", out["ode_path"], load(), flush=True)
     out["load_end"] = load()
+    return out
+
+
+def bench_full_lm(n):
+    """(b') Levenberg–Marquardt adapted steps on the problem of (b), dense Θ (the 'auto' solver)."""
+    p = problem(n)
+    out = {"N": n, "load_start": load()}
+    tr = fl.euler_steps(p, fl.AdaptedFlow(), num_steps=60, cost_target_relative=1e-10,
+                        diagnostics=False, levenberg_marquardt=True)
+    valid = np.asarray(tr.valid)
+    out.update({"compile_seconds": tr.compile_time, "seconds": tr.wall_time,
+                "steps": int(tr.num_steps), "accepted": int(tr.num_accepted_steps),
+                "stop": tr.stop_reason, "cost_ratio": float(tr.cost_final / tr.cost0),
+                "cost_ratios": [float(v) for v in np.asarray(tr.cost / tr.cost0)[valid]],
+                "damping": [float(v) for v in np.asarray(tr.extras["damping"])[valid]],
+                "load_end": load()})
+    print("full_lm", out, flush=True)
     return out
 
 
@@ -253,6 +271,11 @@ def markdown(res) -> str:
     d = f["discrete"]
     lines.append(f"| adapted steps h = 1/κ | {d['compile_seconds']:.1f} | {d['seconds']:.1f} | "
                  f"{d['steps']} | {d['cost_ratio']:.1e} | {d['stop']} |")
+    if "full_lm" in res:
+        o = res["full_lm"]
+        lines.append(f"| adapted steps, Levenberg–Marquardt | {o['compile_seconds']:.1f} | "
+                     f"{o['seconds']:.1f} | {o['accepted']} ({o['steps']} trials) | "
+                     f"{o['cost_ratio']:.1e} | {o['stop']} |")
     if "ode" in f:
         o = f["ode"]
         lines.append(f"| adapted ODE (tsit5) | {o['compile_seconds']:.1f} | {o['seconds']:.1f} | "
@@ -308,7 +331,8 @@ def main(argv=None):
                     help="targets for (e): smooth_regression or a random tanh teacher network")
     ap.add_argument("--out", default=str(ROOT / "results"))
     ap.add_argument("--update", default=None, metavar="PARTS",
-                    help="rerun only these parts (gram,full,contraction,big,nystrom) and merge them "
+                    help="rerun only these parts (gram,full,full_lm,contraction,big,nystrom) and "
+                         "merge them "
                          "into the existing results file")
     args = ap.parse_args(argv)
     n = 1024 if args.quick else 4096
@@ -316,7 +340,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "large_n_quick" if args.quick else "large_n"
-    parts = ("gram", "full", "contraction", "big", "nystrom")
+    parts = ("gram", "full", "full_lm", "contraction", "big", "nystrom")
     res = {}
     if args.update:
         parts = tuple(args.update.split(","))
@@ -327,6 +351,8 @@ def main(argv=None):
         print("gram", res["gram"], flush=True)
     if "full" in parts:
         res["full"] = bench_full(n, ode=not args.no_ode)
+    if "full_lm" in parts:
+        res["full_lm"] = bench_full_lm(n)
     if "contraction" in parts:
         res["contraction"] = bench_contraction()
         print("contraction", res["contraction"], flush=True)

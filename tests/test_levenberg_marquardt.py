@@ -2,12 +2,18 @@
 damped step against an independent formula, its λ → 0 limit, and the globalisation where full
 Gauss–Newton steps diverge."""
 
+import os
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
 
 import flowlab as fl
+from flowlab.cli import main
+from flowlab.study.store import read_summary
 
 SOLVERS = ("cholesky", "gram_or_qr", fl.NystromSolver(rank=64, rtol=1e-13, max_steps=200))
 
@@ -106,3 +112,57 @@ def test_setting_and_flow_checks(problem):
                                     fl.teacher(jr.key(0), 24, 3))
     with pytest.raises(ValueError, match="needs K >= QN"):
         fl.euler_steps(narrow, fl.AdaptedFlow(), levenberg_marquardt=True)
+
+
+def test_config_runs_levenberg_marquardt_steps(tmp_path):
+    # [integrator] levenberg_marquardt through `flowlab run`: every seed reaches its target
+    config = tmp_path / "lm.toml"
+    config.write_text("""
+name = "lm"
+[data]
+generator = "teacher"
+num_points = 8
+in_size = 2
+[model]
+depth = 1
+width = 16
+[flows.adapted]
+[integrator]
+method = "euler"
+num_steps = 60
+levenberg_marquardt = true
+cost_target_relative = 1e-12
+[sweep]
+seeds = 2
+""")
+    out = str(tmp_path / "run")
+    assert main(["run", str(config), "--out", out, "--quiet", "--no-plot", "--jobs", "1"]) == 0
+    rows = read_summary(out)
+    assert len(rows) == 2
+    for row in rows:
+        assert row["stop_reason"] == "cost_target"
+        assert row["C_final"] <= 1e-12 * row["C0"]
+
+
+FLOAT32_FLOOR = """
+import jax.random as jr, flowlab as fl
+p = fl.LeastSquaresProblem(fl.MLP(3, 1, [16, 16], "tanh", key=jr.key(1)), fl.teacher(jr.key(0), 24, 3))
+assert str(p.theta0.dtype) == "float32"
+tr = fl.euler_steps(p, fl.AdaptedFlow(), num_steps=200, levenberg_marquardt=True,
+                    cost_target_relative=1e-30, diagnostics=False)
+print(tr.stop_reason, int(tr.num_accepted_steps), int(tr.num_rejected_steps),
+      float(tr.cost_final / tr.cost0))
+"""
+
+
+def test_float32_run_ends_at_its_rounding_floor():
+    # x64 off (a subprocess): below the floor no trial lowers C; λ grows until the step no longer
+    # changes θ, and the run ends by name after a few rejections, not after max_backtracks = 30
+    env = {**os.environ, "JAX_ENABLE_X64": "0"}
+    done = subprocess.run([sys.executable, "-c", FLOAT32_FLOOR], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    stop, accepted, rejected, ratio = done.stdout.split()[-4:]
+    assert stop == "no_descent"
+    assert int(rejected) <= 10 and int(accepted) >= 5
+    assert float(ratio) < 1e-12  # measured 3e-15: |r|/|r0| = 6e-8, float32's eps

@@ -88,7 +88,7 @@ def _initial_damping(problem, theta0, opts):
     r = problem.residual(theta0)
     _, vjp = jax.vjp(problem.outputs, theta0)
     (dtr,) = vjp(r)
-    return opts.initial_damping * jnp.vdot(dtr, dtr) / jnp.vdot(r, r)
+    return (opts.initial_damping * jnp.vdot(dtr, dtr) / jnp.vdot(r, r)).astype(theta0.dtype)
 
 
 def _iterate(problem, flow, theta0, opts: IntegratorOptions) -> dict:
@@ -112,8 +112,11 @@ def _iterate(problem, flow, theta0, opts: IntegratorOptions) -> dict:
                 problem, flow, theta, cost, damping, growth, h)
             tries = (~moved).astype(halvings.dtype)
             failures = jnp.where(moved, 0, failures + 1)
-            # a rejected trial raises λ and goes on, until max_backtracks fail in a row
-            halt = ~moved & (failures >= opts.max_backtracks)
+            # a rejected trial raises λ and goes on, until max_backtracks fail in a row or the
+            # step no longer changes θ in this precision (λ has grown past any use)
+            negligible = (jnp.linalg.norm(h * v)
+                          <= jnp.finfo(theta.dtype).eps * jnp.linalg.norm(theta))
+            halt = ~moved & ((failures >= opts.max_backtracks) | negligible)
         else:
             v = flow.velocity(problem, theta)
             finite = jnp.all(jnp.isfinite(v))

@@ -214,7 +214,8 @@ class IntegratorOptions(eqx.Module):
         False, "Levenberg–Marquardt steps of the adapted flow: θ ← θ − hDᵀ(Θ + λI)⁻¹∇_X C, "
         "accepted when C falls, with λ adapted by the ratio ρ of the actual to the linearised "
         "decrease (Nielsen: λ·max(1/3, 1 − (2ρ − 1)³) after a success, doubled growth after a "
-        "failure); max_backtracks failures in a row end the run ('no_descent')", BOOL,
+        "failure); max_backtracks failures in a row, or a step below θ's rounding, end the run "
+        "('no_descent')", BOOL,
         static=True)
     initial_damping: float = setting(
         1e-3, "λ at θ0 for levenberg_marquardt, relative to rᵀΘr/rᵀr (r = X(θ0) − Y)",
