@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -98,6 +99,19 @@ def test_batched_seeds_run_their_own_damping(problem):
         np.testing.assert_allclose(tr.cost_final[b], one.cost_final, rtol=1e-6)
         assert int(tr.num_steps[b]) == int(one.num_steps)
 
+
+def test_a_start_that_fits_exactly_ends_at_once():
+    # r(θ0) = 0: λ0 falls back to initial_damping itself (rᵀΘr/rᵀr is 0/0), the trial step is
+    # zero, and the run ends as 'no_descent' after one trial with θ unchanged
+    model = fl.MLP(3, 1, [16], "tanh", key=jr.key(1))
+    x = jr.normal(jr.key(0), (8, 3))
+    p = fl.LeastSquaresProblem(model, fl.Dataset(x, jax.vmap(model)(x)))
+    assert float(p.cost(p.theta0)) == 0.0
+    tr = fl.euler_steps(p, fl.AdaptedFlow(), num_steps=50, levenberg_marquardt=True,
+                        initial_damping=0.5, diagnostics=False)
+    assert tr.stop_reason == "no_descent" and int(tr.num_steps) == 1
+    assert float(tr.extras["damping"][0]) == 0.5
+    np.testing.assert_array_equal(tr.theta_final, p.theta0)
 
 def test_setting_and_flow_checks(problem):
     with pytest.raises(ValueError, match="choose one line search"):

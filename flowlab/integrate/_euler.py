@@ -84,11 +84,14 @@ def _damped_step(problem, flow, theta, cost, damping, growth, h):
 
 
 def _initial_damping(problem, theta0, opts):
-    """λ0 = initial_damping · rᵀΘr/rᵀr: the mean eigenvalue of Θ as seen by the residual."""
+    """λ0 = initial_damping · rᵀΘr/rᵀr: the mean eigenvalue of Θ as seen by the residual
+    (initial_damping itself where r = 0)."""
     r = problem.residual(theta0)
     _, vjp = jax.vjp(problem.outputs, theta0)
     (dtr,) = vjp(r)
-    return (opts.initial_damping * jnp.vdot(dtr, dtr) / jnp.vdot(r, r)).astype(theta0.dtype)
+    rr = jnp.vdot(r, r)
+    scale = jnp.where(rr > 0, jnp.vdot(dtr, dtr) / jnp.where(rr > 0, rr, 1.0), 1.0)
+    return (opts.initial_damping * scale).astype(theta0.dtype)
 
 
 def _iterate(problem, flow, theta0, opts: IntegratorOptions) -> dict:
