@@ -78,7 +78,7 @@ def _damped_step(problem, flow, theta, cost, damping, growth, h):
     gain = (cost - new_cost) / (cost - linearised)
     accepted = finite & (new_cost < cost) & (gain > 0)
     shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * gain - 1.0) ** 3)
-    damping = jnp.where(accepted, damping * jnp.where(accepted, shrink, 1.0), damping * growth)
+    damping = jnp.where(accepted, damping * shrink, damping * growth)
     growth = jnp.where(accepted, 2.0, 2.0 * growth)
     return v, x_new, new_cost, finite, accepted, damping, growth
 

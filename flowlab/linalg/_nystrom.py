@@ -1,4 +1,4 @@
-r"""Matrix-free D⁺g at large QN: conjugate gradients on Θ w = g with a Nyström preconditioner.
+r"""Matrix-free D⁺g at large QN: conjugate residuals on Θ w = g with a Nyström preconditioner.
 
 Θ = D Dᵀ is never formed; it is applied as D(Dᵀw). The preconditioner is a rank-l Nyström
 approximation Θ̂ = Y (ΩᵀY)⁻¹ Yᵀ, Y = ΘΩ, eigendecomposed as U Λ̂ Uᵀ; with shift μ
@@ -6,15 +6,15 @@ approximation Θ̂ = Y (ΩᵀY)⁻¹ Yᵀ, Y = ΘΩ, eigendecomposed as U Λ̂ U
     P⁻¹ = (λ̂_l + μ) U (Λ̂ + μ)⁻¹ Uᵀ + (I − U Uᵀ)
 
 [Frangella, Tropp & Udell, "Randomized Nyström preconditioning", SIAM J. Matrix Anal. Appl.
-2023]. P⁻¹Θ has eigenvalues ≈ 1 on the l leading directions and λ_i/λ̂_l on the rest, so CG
-needs the iterations for cond ≈ λ̂_l/λ_min instead of λ_max/λ_min.
+2023]. P⁻¹Θ has eigenvalues ≈ 1 on the l leading directions and λ_i/λ̂_l on the rest, so a
+Krylov solve needs the iterations for cond ≈ λ̂_l/λ_min instead of λ_max/λ_min.
 
 Ω is l columns of the identity (l examples sampled without replacement) for a flowlab.MLP,
 whose columns Θ[:, S] come layer by layer at the cost of a Gram block (O(QN·l·Σ M_l) flops),
 and a Gaussian matrix otherwise (l products by Θ).
 
 The adapted step X_{k+1} − X_k = −hκ(r − e) then has e = r − Θw, |e| ≤ rtol·|r|: the uniform
-output-space rate holds up to the CG tolerance.
+output-space rate holds up to the Krylov tolerance.
 """
 
 from typing import NamedTuple

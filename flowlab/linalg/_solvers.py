@@ -11,7 +11,8 @@ of D v = g:
   (`_nystrom`), K ≥ QN: the route when Θ does not fit in memory.
 
 `resolve_solver('auto')` takes Cholesky of the auto Gram when K ≥ QN and Θ fits in memory,
-Nyström-preconditioned conjugate residuals when it does not, and QR of D when K < QN (see `auto_solver` for why not the normal equations).
+Nyström-preconditioned conjugate residuals when it does not, and QR of D when K < QN (see
+`auto_solver` for why not the normal equations).
 `solve_damped` (Cholesky, GramOrQR, Nyström) gives the Levenberg–Marquardt step Dᵀ(Θ + λI)⁻¹g.
 Each solver's `max_condition` is the σ_max/σ_min(D) it resolves (`_spectrum`): the routes through
 Θ or DᵀD square cond(D), the factorisations of D do not.
@@ -69,11 +70,13 @@ class AbstractPinvSolver(eqx.Module):
         return type(self).solve_damped is not AbstractPinvSolver.solve_damped
 
 
-def _damped_through_gram(gram, problem, theta, rhs, damping):
-    """Dᵀ(Θ + λI)⁻¹ g by Cholesky of Θ + λI (λ > 0 bounds its condition by λ_max/λ + 1)."""
+def _through_gram(gram, problem, theta, rhs, damping=None):
+    """Dᵀ(Θ + λI)⁻¹ g by Cholesky of Θ + λI, λ = `damping` (None: Dᵀ Θ⁻¹ g). λ > 0 bounds the
+    condition number by λ_max/λ + 1."""
     theta_gram, transpose = gram(problem, theta)
-    shifted = theta_gram + damping * jnp.eye(theta_gram.shape[0], dtype=theta_gram.dtype)
-    op = lx.MatrixLinearOperator(shifted, lx.positive_semidefinite_tag)
+    if damping is not None:
+        theta_gram = theta_gram + damping * jnp.eye(theta_gram.shape[0], dtype=theta_gram.dtype)
+    op = lx.MatrixLinearOperator(theta_gram, lx.positive_semidefinite_tag)
     return transpose(lx.linear_solve(op, rhs, lx.Cholesky(), throw=False).value)
 
 
@@ -95,13 +98,10 @@ class CholeskySolver(AbstractPinvSolver):
             )
 
     def solve(self, problem, theta, rhs):
-        theta_gram, transpose = self.gram(problem, theta)
-        op = lx.MatrixLinearOperator(theta_gram, lx.positive_semidefinite_tag)
-        w = lx.linear_solve(op, rhs, lx.Cholesky(), throw=False).value
-        return transpose(w)
+        return _through_gram(self.gram, problem, theta, rhs)
 
     def solve_damped(self, problem, theta, rhs, damping):
-        return _damped_through_gram(self.gram, problem, theta, rhs, damping)
+        return _through_gram(self.gram, problem, theta, rhs, damping)
 
 
 class GramOrQRSolver(AbstractPinvSolver):
@@ -148,7 +148,7 @@ class GramOrQRSolver(AbstractPinvSolver):
         return jax.lax.cond(resolved, through_gram, through_qr, None)
 
     def solve_damped(self, problem, theta, rhs, damping):
-        return _damped_through_gram(self.gram, problem, theta, rhs, damping)
+        return _through_gram(self.gram, problem, theta, rhs, damping)
 
 
 class QRSolver(AbstractPinvSolver):
@@ -231,7 +231,7 @@ class NystromSolver(AbstractPinvSolver):
     Θ (K ≥ QN; `_nystrom`).
 
     Memory O(K + QN·(l + Σ M_l)) for an MLP (O(K + QN·l) plus a linearisation otherwise),
-    against (QN)² for a dense Θ: the route for QN in the tens of thousands. Per CG step one
+    against (QN)² for a dense Θ: the route for QN in the tens of thousands. Per Krylov step one
     product by D and one by Dᵀ; the preconditioner costs l columns of Θ once per solve.
     `rtol` is the relative residual |g − Θw|/|g| the solve stops at; a solve that reaches
     `max_steps` first returns its last iterate, whose residual `solve_with_stats` reports.
@@ -255,8 +255,11 @@ class NystromSolver(AbstractPinvSolver):
     def check(self, problem):
         CholeskySolver().check(problem)
 
-    def preconditioner(self, problem, theta, products: JacobianProducts | None = None):
-        """The Nyström preconditioner of Θ at θ (rank min(l, QN))."""
+    def preconditioner(
+        self, problem, theta, products: JacobianProducts | None = None, shift=None
+    ):
+        """The Nyström preconditioner of Θ at θ (rank min(l, QN)), with shift μ = `shift`
+        (default: the smallest kept eigenvalue; see `nystrom_preconditioner`)."""
         products = jacobian_products(problem, theta) if products is None else products
         key = jr.key(self.seed)
         qn = problem.num_outputs
@@ -267,11 +270,11 @@ class NystromSolver(AbstractPinvSolver):
             examples = jnp.sort(jr.choice(key, n_examples, (count,), replace=False))
             sketch = products.columns(examples)
             rows = (examples[:, None] * q + jnp.arange(q)).reshape(-1)
-            return nystrom_preconditioner(sketch, rows)
+            return nystrom_preconditioner(sketch, rows, shift)
         rank = min(self.rank, qn)
         test, _ = jnp.linalg.qr(jr.normal(key, (qn, rank), problem.theta0.dtype))
         sketch = jax.vmap(lambda v: products.jvp(products.vjp(v)), in_axes=1, out_axes=1)(test)
-        return nystrom_preconditioner(sketch, test)
+        return nystrom_preconditioner(sketch, test, shift)
 
     def solve_with_stats(
         self, problem, theta, rhs, damping=None
@@ -279,10 +282,9 @@ class NystromSolver(AbstractPinvSolver):
         """v and the Krylov solve's statistics; with `damping` λ the system is (Θ + λI)w = g
         and the preconditioner's shift μ is λ (Frangella–Tropp–Udell's setting for Θ + μI)."""
         products = jacobian_products(problem, theta)
-        pre = self.preconditioner(problem, theta, products)
         if damping is not None:
             damping = jnp.asarray(damping, rhs.dtype)
-            pre = eqx.tree_at(lambda p: p.shift, pre, damping)
+        pre = self.preconditioner(problem, theta, products, shift=damping)
 
         def matvec(w):
             out = products.jvp(products.vjp(w))
