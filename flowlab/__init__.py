@@ -88,6 +88,9 @@ from .geometry import (
     vertical_fraction as vertical_fraction,
 )
 from .integrate import (
+    RESULTS as RESULTS,
+)
+from .integrate import (
     STOP_REASONS as STOP_REASONS,
 )
 from .integrate import (
@@ -131,6 +134,9 @@ from .interpolation import (
 )
 from .interpolation import (
     segment_distance as segment_distance,
+)
+from .linalg import (
+    AbstractDampedPinvSolver as AbstractDampedPinvSolver,
 )
 from .linalg import (
     AbstractGram as AbstractGram,

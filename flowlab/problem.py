@@ -21,7 +21,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, Scalar
 
 from .data import Dataset
-from .nets import NON_SMOOTH
+from .nets import MLP, NON_SMOOTH
 
 
 def is_overparametrised(num_params: int, num_outputs: int) -> bool:
@@ -31,31 +31,40 @@ def is_overparametrised(num_params: int, num_outputs: int) -> bool:
 
 
 class AbstractLoss(eqx.Module):
-    """A cost C(X) on stacked outputs X in R^{QN}, with targets Y."""
+    r"""A cost C(X) on stacked outputs X in R^{QN}, with targets Y.
+
+    A loss states its prefactor κ (`kappa`: the rate theory's κ, 1/κ the Gauss–Newton step),
+    its value and ∇_X C, and what is known of the adapted output flow X' = −∇_X C on it: the
+    infimum, where the flow from X(0) ends, and what it conserves (NaN or an empty array where
+    nothing is known)."""
+
+    kappa: eqx.AbstractVar[float]
 
     @abc.abstractmethod
-    def __call__(self, outputs: Float[Array, " QN"], targets: Float[Array, " QN"]) -> Scalar: ...
+    def __call__(self, outputs: Float[Array, " QN"], targets: Float[Array, " QN"]) -> Scalar:
+        """C(X)."""
 
+    @abc.abstractmethod
     def gradient(self, outputs: Float[Array, " QN"], targets: Float[Array, " QN"]):
         """∇_X C."""
-        return jax.grad(self)(outputs, targets)
 
+    @abc.abstractmethod
     def minimum(self, targets: Float[Array, " QN"]) -> Scalar:
         """inf C, the level the cost decays to at full rank (NaN where unknown)."""
-        return jnp.asarray(jnp.nan, targets.dtype)
 
+    @abc.abstractmethod
     def minimiser(self, outputs0: Float[Array, " QN"], targets: Float[Array, " QN"]):
         """Where the adapted output flow from X(0) ends at full row rank (NaN where unknown)."""
-        return jnp.full_like(outputs0, jnp.nan)
 
+    @abc.abstractmethod
     def conserved(self, outputs: Float[Array, "*S QN"]) -> Float[Array, "*S c"]:
-        """Quantities of X that the adapted output flow X' = −∇_X C conserves (none here)."""
-        return outputs[..., :0]
+        """Quantities of X that the adapted output flow X' = −∇_X C conserves (shape
+        (..., 0) where none)."""
 
+    @abc.abstractmethod
     def bind(self, targets: Float[Array, " QN"], num_points: int, out_size: int) -> "AbstractLoss":
         """This loss checked against, and where needed specialised to, the problem's targets
-        (a ValueError for targets it cannot take). The default accepts any targets."""
-        return self
+        (a ValueError for targets it cannot take)."""
 
 
 class SquaredLoss(AbstractLoss):
@@ -79,6 +88,12 @@ class SquaredLoss(AbstractLoss):
 
     def minimiser(self, outputs0, targets):
         return targets
+
+    def conserved(self, outputs):
+        return outputs[..., :0]
+
+    def bind(self, targets, num_points, out_size):
+        return self
 
 
 def _parameters(model):
@@ -106,12 +121,12 @@ class AbstractProblem(eqx.Module):
     point for a pointwise residual.
     """
 
-    model_static: eqx.Module
-    theta0: Float[Array, " K"]
-    targets: Float[Array, " QN"]
-    loss: AbstractLoss
-    _treedef: object = eqx.field(static=True)
-    _shapes: tuple = eqx.field(static=True)
+    model_static: eqx.AbstractVar[eqx.Module]
+    theta0: eqx.AbstractVar[Float[Array, " K"]]
+    targets: eqx.AbstractVar[Float[Array, " QN"]]
+    loss: eqx.AbstractVar[AbstractLoss]
+    _treedef: eqx.AbstractVar[object]
+    _shapes: eqx.AbstractVar[tuple]
 
     # --- what a problem defines --------------------------------------------------------------
     @abc.abstractmethod
@@ -127,10 +142,22 @@ class AbstractProblem(eqx.Module):
         """The rows of D that items `items` of group `group` own, shape (b, rows per item, K)."""
 
     @property
+    @abc.abstractmethod
     def structured_rows(self) -> bool:
         """Whether `group_rows` costs one small reverse pass per item (so the full D by rows
         beats jacfwd even when K < QN); False when a row costs a backward pass of all of X."""
-        return False
+
+    @property
+    @abc.abstractmethod
+    def rows_by_example(self) -> bool:
+        """Whether X(θ) = (f_θ(x_j))_j for the `inputs` x_j (N, M): the rows of D are the N
+        examples' (Q each), so they can be split over devices (`ShardedGram`)."""
+
+    @property
+    @abc.abstractmethod
+    def layerwise(self) -> bool:
+        """Whether X(θ) = (f_θ(x_j))_j for a flowlab.MLP f_θ: Θ can then be formed layer by
+        layer from one forward/backward pass, without D (`flowlab.linalg.LayerwiseGram`)."""
 
     # --- sizes ---------------------------------------------------------------------------------
     @property
@@ -150,7 +177,7 @@ class AbstractProblem(eqx.Module):
 
     @property
     def kappa(self) -> float:
-        """κ of C = (κ/2)|X − Y|²."""
+        """The loss's κ (C = (κ/2)|X − Y|² for the squared loss)."""
         return self.loss.kappa
 
     @property
@@ -207,13 +234,6 @@ class AbstractProblem(eqx.Module):
         """D as a matrix-free lineax operator (products by jvp / vjp)."""
         return lx.JacobianLinearOperator(lambda th, _: self.outputs(th), theta)
 
-    def gram(self, theta: Float[Array, " K"]) -> Float[Array, "QN QN"]:
-        """Θ = D Dᵀ, the empirical NTK Gram matrix (`flowlab.linalg.auto_gram`: layer by layer
-        for a flowlab.MLP, in row blocks otherwise)."""
-        from .linalg import auto_gram
-
-        return auto_gram(self)(self, theta)[0]
-
 
 class LeastSquaresProblem(AbstractProblem):
     r"""Fit a model to a Dataset in output space.
@@ -227,9 +247,15 @@ class LeastSquaresProblem(AbstractProblem):
     of f_θ(x_j).
     """
 
+    model_static: eqx.Module
+    theta0: Float[Array, " K"]
+    targets: Float[Array, " QN"]
+    loss: AbstractLoss
     inputs: Float[Array, "N M"]
     num_points: int = eqx.field(static=True)
     out_size: int = eqx.field(static=True)
+    _treedef: object = eqx.field(static=True)
+    _shapes: tuple = eqx.field(static=True)
 
     def __init__(self, model, dataset: Dataset, kappa: float | None = None, loss: AbstractLoss | None = None):
         if not isinstance(dataset, Dataset):
@@ -254,11 +280,6 @@ class LeastSquaresProblem(AbstractProblem):
                 f"targets need ({self.num_points}, {self.out_size})"
             )
 
-    @property
-    def kappa(self) -> float:
-        """The loss's κ; 1/N for a loss that defines none (the paper's normalisation)."""
-        return getattr(self.loss, "kappa", 1.0 / self.num_points)
-
     def outputs(self, theta: Float[Array, " K"]) -> Float[Array, " QN"]:
         """X(θ), j-major."""
         return jax.vmap(self.model(theta))(self.inputs).reshape(-1)
@@ -275,6 +296,14 @@ class LeastSquaresProblem(AbstractProblem):
     @property
     def structured_rows(self) -> bool:
         return True
+
+    @property
+    def rows_by_example(self) -> bool:
+        return True
+
+    @property
+    def layerwise(self) -> bool:
+        return isinstance(self.model_static, MLP)
 
 
 # --- residual problems ---------------------------------------------------------------------------
@@ -351,8 +380,14 @@ class ResidualProblem(AbstractProblem):
     cannot be moved, so J cannot have full row rank; one evaluation of r and one jvp).
     """
 
+    model_static: eqx.Module
+    theta0: Float[Array, " K"]
+    targets: Float[Array, " P"]
+    loss: AbstractLoss
     residual_fn: Callable
     _groups: tuple = eqx.field(static=True)
+    _treedef: object = eqx.field(static=True)
+    _shapes: tuple = eqx.field(static=True)
 
     def __init__(self, model, residual: Callable, kappa: float | None = None, *,
                  check: bool = True):
@@ -417,10 +452,6 @@ class ResidualProblem(AbstractProblem):
         """r(θ) (the problem's 'outputs', with targets 0)."""
         return self.residual_fn(self.model(theta))
 
-    def residual(self, theta: Float[Array, " K"]) -> Float[Array, " P"]:
-        """r(θ)."""
-        return self.outputs(theta)
-
     def residual_terms(self, theta: Float[Array, " K"]) -> dict[str, Array]:
         """r(θ) cut into the terms of a PointwiseResidual (by name, or 'term<i>'); {'r': r(θ)}
         for any other residual."""
@@ -439,6 +470,14 @@ class ResidualProblem(AbstractProblem):
     @property
     def structured_rows(self) -> bool:
         return isinstance(self.residual_fn, PointwiseResidual)
+
+    @property
+    def rows_by_example(self) -> bool:
+        return False
+
+    @property
+    def layerwise(self) -> bool:
+        return False
 
     def group_rows(self, theta, group, items):
         if isinstance(self.residual_fn, PointwiseResidual):

@@ -76,13 +76,40 @@ def test_labels_off_the_open_simplex_are_refused(labels, match):
     np.testing.assert_allclose(fl.smooth_labels(jnp.eye(3), 0.3).sum(1), 1.0)
 
 
+class _CoshLoss(fl.AbstractLoss):
+    """C = Σ cosh(X − Y) with a stated κ: the loss interface is abstract, every part declared."""
+
+    kappa: float = 0.25
+
+    def __call__(self, outputs, targets):
+        return jnp.sum(jnp.cosh(outputs - targets))
+
+    def gradient(self, outputs, targets):
+        return jnp.sinh(outputs - targets)
+
+    def minimum(self, targets):
+        return jnp.asarray(float(targets.size), targets.dtype)
+
+    def minimiser(self, outputs0, targets):
+        return targets
+
+    def conserved(self, outputs):
+        return outputs[..., :0]
+
+    def bind(self, targets, num_points, out_size):
+        return self
+
+
 class _NoKappa(fl.AbstractLoss):
     def __call__(self, outputs, targets):
         return jnp.sum(jnp.cosh(outputs - targets))
 
 
-def test_problem_kappa_falls_back_for_a_loss_without_one():
+def test_a_loss_states_its_kappa_and_the_problem_takes_it():
     x = jnp.zeros((4, 2))
     pb = fl.LeastSquaresProblem(fl.MLP(2, 1, (4,), key=jr.PRNGKey(0)),
-                                fl.Dataset(x, jnp.ones((4, 1))), loss=_NoKappa())
+                                fl.Dataset(x, jnp.ones((4, 1))), loss=_CoshLoss())
     assert pb.kappa == 0.25
+    np.testing.assert_allclose(pb.output_gradient(jnp.zeros(4)), np.sinh(-np.ones(4)), rtol=1e-14)
+    with pytest.raises(TypeError, match="kappa"):
+        _NoKappa()

@@ -129,7 +129,7 @@ def test_nystrom_solver_is_the_pseudo_inverse(wide):
 
     @eqx.filter_jit
     def run(problem, theta, g):
-        exact = CholeskySolver(DenseGram()).solve(problem, theta, g)
+        exact = CholeskySolver(DenseGram()).solve(problem, theta, g)[0]
         full = NystromSolver(rank=60, rtol=1e-7).solve_with_stats(problem, theta, g)
         low = NystromSolver(rank=24, rtol=1e-10, max_steps=30).solve_with_stats(problem, theta, g)
         plain = conjugate_residual(lambda w: jacobian_products(problem, theta).jvp(
@@ -163,8 +163,8 @@ def test_nystrom_solver_generic_model():
 
     @eqx.filter_jit
     def run(problem, theta, g):
-        return (NystromSolver(rank=20, rtol=1e-10).solve(problem, theta, g),
-                CholeskySolver(DenseGram()).solve(problem, theta, g))
+        return (NystromSolver(rank=20, rtol=1e-10).solve(problem, theta, g)[0],
+                CholeskySolver(DenseGram()).solve(problem, theta, g)[0])
 
     v, ref = run(p, p.theta0, g)
     assert rel(v, ref) < 1e-6

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import flowlab as fl
+from flowlab.linalg import gram_matrix
 from flowlab import pde
 
 
@@ -95,7 +96,7 @@ def test_any_residual_plugs_into_flows_and_theory():
     model, residual = _tiny(jr.key(2), 3)
     p = fl.ResidualProblem(model, residual)  # κ = 1/P
     assert p.kappa == pytest.approx(1 / 3) and p.structured_rows is False
-    np.testing.assert_allclose(p.gram(p.theta0), np.asarray(p.jacobian(p.theta0))
+    np.testing.assert_allclose(gram_matrix(p, p.theta0), np.asarray(p.jacobian(p.theta0))
                                @ np.asarray(p.jacobian(p.theta0)).T, rtol=1e-12)
     tr = fl.simulate(p, fl.GradientFlow(), t1=1.0, num_saves=3, diagnostics=False)
     assert tr.stop_reason == "t1_reached" and float(tr.cost_final) < float(tr.cost0)

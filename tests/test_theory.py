@@ -10,6 +10,7 @@ import pytest
 import scipy.linalg
 
 import flowlab as fl
+from flowlab.linalg import gram_matrix
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def test_standard_flow_curve_is_the_ntk_exponential(problem):
     """C_pred(s) = (κ/2)|e^{−κΘ(θ0)s} r0|², checked against scipy's matrix exponential."""
     ts = np.array([0.0, 0.3, 1.0, 4.0, 20.0])
     pred = fl.GradientFlow().predicted_cost(problem, problem.theta0, ts)
-    gram = np.asarray(problem.gram(problem.theta0))
+    gram = np.asarray(gram_matrix(problem, problem.theta0))
     r0 = np.asarray(problem.residual(problem.theta0))
     kappa = problem.kappa
     exact = [0.5 * kappa * np.sum((scipy.linalg.expm(-kappa * gram * s) @ r0) ** 2) for s in ts]

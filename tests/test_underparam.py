@@ -68,9 +68,10 @@ def test_degenerating_run_stops_with_reason_and_no_nan():
     assert sigma_final < 1e-3 * sigma[0]
 
 
-def test_singular_gram_stops_as_rank_loss_or_non_finite_field_not_max_steps():
+def test_singular_gram_stops_as_rank_loss_or_singular_not_max_steps():
     """Two equal inputs make Θ singular: the rank guard stops the run; without it the failed
-    Cholesky is caught as a non-finite field instead of shrinking steps until max_steps."""
+    Cholesky is named 'singular' (lineax's verdict, not a later non-finite field) instead of
+    shrinking steps until max_steps; the Euler steps stop the same way."""
     x = jr.normal(jr.key(0), (6, 2))
     x = x.at[1].set(x[0])
     problem = fl.LeastSquaresProblem(fl.MLP(2, 1, [16], key=jr.key(2)),
@@ -79,8 +80,11 @@ def test_singular_gram_stops_as_rank_loss_or_non_finite_field_not_max_steps():
     kw = dict(t1=10.0, num_saves=5)
     assert fl.simulate(problem, flow, **kw).stop_reason == "rank_loss"
     bare = fl.simulate(problem, flow, max_condition=None, **kw)
-    assert bare.stop_reason == "non_finite_field"
+    assert bare.stop_reason == "singular"
     assert not np.any(np.isnan(np.asarray(bare.cost)))
+    steps = fl.euler_steps(problem, flow, num_steps=5)
+    assert steps.stop_reason == "singular"
+    assert int(steps.num_accepted_steps) == 0
     blind = fl.simulate(problem, flow, max_condition=None, check_finite=False, max_steps=500, **kw)
     assert blind.stop_reason == "max_steps"
 

@@ -1,7 +1,13 @@
 import equinox as eqx
 import jax.numpy as jnp
 
-from ..linalg import SOLVERS, AbstractPinvSolver, SVDSolver, resolve_solver
+from ..linalg import (
+    SOLVERS,
+    AbstractDampedPinvSolver,
+    AbstractPinvSolver,
+    SVDSolver,
+    resolve_solver,
+)
 from ._base import AbstractFlow, linear_theory_applies
 
 
@@ -27,13 +33,21 @@ class AdaptedFlow(AbstractFlow):
         if self.rcond is not None and (self.solver != "svd" or not 0 < self.rcond < 1):
             raise ValueError(f"rcond = {self.rcond!r} needs solver='svd' and 0 < rcond < 1")
 
-    def _solver(self, problem):
+    def _solver(self, problem) -> AbstractPinvSolver:
+        # resolved once by `resolve`; a flow used directly is resolved at each call
+        if isinstance(self.solver, AbstractPinvSolver):
+            return self.solver
         if self.rcond is not None:
             return SVDSolver(rcond=float(self.rcond))
         return resolve_solver(self.solver, problem)
 
     def check(self, problem):
-        resolve_solver(self.solver, problem)
+        self._solver(problem).check(problem)
+
+    def resolve(self, problem) -> "AdaptedFlow":
+        solver = self._solver(problem)
+        solver.check(problem)
+        return AdaptedFlow(solver)
 
     def default_max_condition(self, problem):
         return self._solver(problem).max_condition(problem.theta0.dtype)
@@ -42,14 +56,20 @@ class AdaptedFlow(AbstractFlow):
         return self._solver(problem).route
 
     def velocity(self, problem, theta):
-        g = problem.output_gradient(problem.outputs(theta))
-        return -self._solver(problem).solve(problem, theta, g)
+        return self.velocity_and_result(problem, theta)[0]
 
-    def damped_velocity(self, problem, theta, damping):
-        """θ' = −Dᵀ(Θ + λI)⁻¹∇_X C: linearised, output mode i contracts at rate κλ_i/(λ_i + λ)
-        (the adapted flow's κ for λ_i ≫ λ, the standard flow's κλ_i/λ for λ_i ≪ λ)."""
+    def velocity_and_result(self, problem, theta) -> tuple:
         g = problem.output_gradient(problem.outputs(theta))
-        return -self._solver(problem).solve_damped(problem, theta, g, damping)
+        v, result = self._solver(problem).solve(problem, theta, g)
+        return -v, result
+
+    def damped_velocity(self, problem, theta, damping) -> tuple:
+        """θ' = −Dᵀ(Θ + λI)⁻¹∇_X C and the solve's result: linearised, output mode i contracts
+        at rate κλ_i/(λ_i + λ) (the adapted flow's κ for λ_i ≫ λ, the standard flow's κλ_i/λ
+        for λ_i ≪ λ)."""
+        g = problem.output_gradient(problem.outputs(theta))
+        v, result = self._solver(problem).solve_damped(problem, theta, g, damping)
+        return -v, result
 
     def check_damped(self, problem):
         if not problem.overparametrised:
@@ -57,7 +77,7 @@ class AdaptedFlow(AbstractFlow):
                 f"levenberg_marquardt needs K >= QN (here K = {problem.num_params} < QN = "
                 f"{problem.num_outputs}): the damped step is taken through Θ = DDᵀ")
         solver = self._solver(problem)
-        if not solver.has_damped_solve:
+        if not isinstance(solver, AbstractDampedPinvSolver):
             raise ValueError(f"levenberg_marquardt: solver {type(solver).__name__} has no damped "
                              "solve; use solver='cholesky', 'gram_or_qr', 'nystrom' or 'auto'")
 
@@ -68,7 +88,7 @@ class AdaptedFlow(AbstractFlow):
         return lambda outputs0, s: targets + jnp.exp(-kappa * s) * (outputs0 - targets)
 
     def pullback(self, problem, theta, dx):
-        return self._solver(problem).solve(problem, theta, dx)
+        return self._solver(problem).solve(problem, theta, dx)[0]
 
     def mode_rates(self, problem, sigma):
         return jnp.full_like(sigma, problem.kappa)

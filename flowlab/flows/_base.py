@@ -6,6 +6,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -41,8 +42,23 @@ class AbstractFlow(eqx.Module):
     def velocity(self, problem, theta: Float[Array, " K"]) -> Float[Array, " K"]:
         """θ' at θ."""
 
+    def velocity_and_result(self, problem, theta: Float[Array, " K"]
+                            ) -> tuple[Float[Array, " K"], lx.RESULTS]:
+        """θ' at θ and lineax's verdict on the linear solve behind it (`successful` for flows
+        that solve nothing); the integrators stop on a failed solve with the reason it maps
+        to (`flowlab.integrate.from_linear_solve`, e.g. 'singular')."""
+        return self.velocity(problem, theta), lx.RESULTS.successful
+
     def __call__(self, t, theta, problem):
         return self.velocity(problem, theta)
+
+    def resolve(self, problem) -> "AbstractFlow":
+        """The flow with its 'auto' settings decided for `problem` (e.g. the pseudo-inverse
+        solver): called once per run by `simulate` and `euler_steps`, outside jit, so that
+        nothing is decided again at each evaluation. Checks the flow against the problem
+        (a ValueError where it cannot apply)."""
+        self.check(problem)
+        return self
 
     def output_velocity(self, problem, theta: Float[Array, " K"]) -> Float[Array, " QN"]:
         """X' = D θ', by one Jacobian–vector product."""
@@ -61,9 +77,10 @@ class AbstractFlow(eqx.Module):
         """The minimum-norm dθ with D dθ = dX: D⁺dX (flows with an `output_path` only)."""
         raise NotImplementedError(f"{type(self).__name__} has no output path to follow")
 
-    def damped_velocity(self, problem, theta: Float[Array, " K"], damping) -> Float[Array, " K"]:
+    def damped_velocity(self, problem, theta: Float[Array, " K"], damping
+                        ) -> tuple[Float[Array, " K"], lx.RESULTS]:
         """θ' damped by λ = `damping` ≥ 0, for Levenberg–Marquardt steps (`euler_steps` with
-        levenberg_marquardt); the flow itself at λ = 0."""
+        levenberg_marquardt), and the linear solve's result; the flow itself at λ = 0."""
         raise NotImplementedError
 
     def check_damped(self, problem) -> None:

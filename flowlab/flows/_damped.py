@@ -30,6 +30,9 @@ class DampedFlow(AbstractFlow):
                              "with neither it is the AdaptedFlow")
 
     def velocity(self, problem, theta):
+        return self.velocity_and_result(problem, theta)[0]
+
+    def velocity_and_result(self, problem, theta) -> tuple:
         g = problem.output_gradient(problem.outputs(theta))
         wide = problem.overparametrised
         if wide:
@@ -43,12 +46,13 @@ class DampedFlow(AbstractFlow):
                 small_gram + self.damping * jnp.eye(small_gram.shape[0], dtype=g.dtype),
                 lx.positive_semidefinite_tag,
             )
-            w = lx.linear_solve(op, g, lx.Cholesky(), throw=False).value
+            sol = lx.linear_solve(op, g, lx.Cholesky(), throw=False)
+            w, result = sol.value, sol.result
         else:
             lam, u = jnp.linalg.eigh(small_gram)
             shift = self._shift(lam[0])
-            w = u @ ((u.T @ g) / (jnp.maximum(lam, 0.0) + shift))
-        return -(transpose(w) if wide else w)
+            w, result = u @ ((u.T @ g) / (jnp.maximum(lam, 0.0) + shift)), lx.RESULTS.successful
+        return -(transpose(w) if wide else w), result
 
     def _shift(self, lambda_min):
         return self.damping + self.damping_lambda_min * jnp.maximum(lambda_min, 0.0)

@@ -28,6 +28,10 @@ class InterpolationFlow(AbstractFlow):
                              f"{jnp.shape(self.outputs0)}")
         resolve_solver(self.solver, problem)
 
+    def resolve(self, problem) -> "InterpolationFlow":
+        self.check(problem)
+        return InterpolationFlow(self.outputs0, resolve_solver(self.solver, problem))
+
     def at_start(self, problem, theta0):
         if self.outputs0 is not None:
             return self
@@ -40,6 +44,9 @@ class InterpolationFlow(AbstractFlow):
         return resolve_solver(self.solver, problem).route
 
     def velocity(self, problem, theta):
+        return self.velocity_and_result(problem, theta)[0]
+
+    def velocity_and_result(self, problem, theta) -> tuple:
         if self.outputs0 is None:
             raise ValueError("InterpolationFlow without outputs0: call at_start(problem, theta0)")
         return resolve_solver(self.solver, problem).solve(

@@ -30,15 +30,15 @@ def initial_theta(problem, theta0) -> Float[Array, "*b K"]:
     return theta0
 
 
-def prepare(problem, flow, options, settings) -> IntegratorOptions:
-    """The checked options of one call: `options` updated with keyword `settings`, the flow
-    checked against the problem."""
+def prepare(problem, flow, options, settings) -> tuple[AbstractFlow, IntegratorOptions]:
+    """The flow resolved for the problem once (`AbstractFlow.resolve`: its 'auto' settings
+    decided, checked) and the options of one call: `options` updated with keyword
+    `settings`."""
     if not isinstance(flow, AbstractFlow):
         raise TypeError(f"flow must be a flowlab flow (AbstractFlow), got {type(flow).__name__}")
     if options is not None and not isinstance(options, IntegratorOptions):
         raise TypeError(f"options must be an IntegratorOptions, got {type(options).__name__}")
-    flow.check(problem)
-    return IntegratorOptions.build(options, **settings)
+    return flow.resolve(problem), IntegratorOptions.build(options, **settings)
 
 
 def over_seeds(fn, theta0, opts: IntegratorOptions):

@@ -31,7 +31,8 @@ from ..flows import AbstractFlow
 from ._batch import initial_theta, over_seeds, prepare, run_batched
 from ._options import IntegratorOptions
 from ._record import cost_target, saved_statistics
-from ._trajectory import STOP_CODE, Trajectory
+from ._results import RESULTS, STOP_CODE, from_linear_solve
+from ._trajectory import Trajectory
 
 
 def _search(problem, theta, v, cost, opts: IntegratorOptions):
@@ -65,12 +66,20 @@ def _search(problem, theta, v, cost, opts: IntegratorOptions):
     return h, tries, accepted((h, c, tries))
 
 
+def _checked(v, result):
+    """(v with zeros where the step failed, whether it is usable, the stop it means if not):
+    'singular' where the linear solve failed, 'non_finite_field' where v is not finite."""
+    stop = from_linear_solve(result)
+    singular = stop == RESULTS.singular
+    usable = ~singular & jnp.all(jnp.isfinite(v)) & (stop != RESULTS.non_finite_field)
+    failure = jnp.where(singular, STOP_CODE["singular"], STOP_CODE["non_finite_field"])
+    return jnp.where(usable, v, 0.0), usable, failure
+
+
 def _damped_step(problem, flow, theta, cost, damping, growth, h):
-    """One Levenberg–Marquardt trial: (v, X(θ + hv), C there, whether v is finite and the trial
-    accepted, the next λ and growth factor)."""
-    v = flow.damped_velocity(problem, theta, damping)
-    finite = jnp.all(jnp.isfinite(v))
-    v = jnp.where(finite, v, 0.0)
+    """One Levenberg–Marquardt trial: (v, X(θ + hv), C there, whether v is usable, the stop a
+    failed solve means, whether the trial is accepted, the next λ and growth factor)."""
+    v, finite, failure = _checked(*flow.damped_velocity(problem, theta, damping))
     x, dx = jax.jvp(problem.outputs, (theta,), (v,))
     linearised = problem.loss(x + h * dx, problem.targets)
     x_new = problem.outputs(theta + h * v)
@@ -80,7 +89,7 @@ def _damped_step(problem, flow, theta, cost, damping, growth, h):
     shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * gain - 1.0) ** 3)
     damping = jnp.where(accepted, damping * shrink, damping * growth)
     growth = jnp.where(accepted, 2.0, 2.0 * growth)
-    return v, x_new, new_cost, finite, accepted, damping, growth
+    return v, x_new, new_cost, finite, failure, accepted, damping, growth
 
 
 def _initial_damping(problem, theta0, opts):
@@ -111,7 +120,7 @@ def _iterate(problem, flow, theta0, opts: IntegratorOptions) -> dict:
         used = damping
         if opts.levenberg_marquardt:
             h = opts.step_size
-            v, x, new_cost, finite, moved, damping, growth = _damped_step(
+            v, x, new_cost, finite, failure, moved, damping, growth = _damped_step(
                 problem, flow, theta, cost, damping, growth, h)
             tries = (~moved).astype(halvings.dtype)
             failures = jnp.where(moved, 0, failures + 1)
@@ -121,9 +130,7 @@ def _iterate(problem, flow, theta0, opts: IntegratorOptions) -> dict:
                           <= jnp.finfo(theta.dtype).eps * jnp.linalg.norm(theta))
             halt = ~moved & ((failures >= opts.max_backtracks) | negligible)
         else:
-            v = flow.velocity(problem, theta)
-            finite = jnp.all(jnp.isfinite(v))
-            v = jnp.where(finite, v, 0.0)
+            v, finite, failure = _checked(*flow.velocity_and_result(problem, theta))
             h, tries, descent = _search(problem, theta, v, cost, opts)
             x = problem.outputs(theta + h * v)
             new_cost = problem.loss(x, problem.targets)
@@ -134,7 +141,7 @@ def _iterate(problem, flow, theta0, opts: IntegratorOptions) -> dict:
         theta = jnp.where(moved, theta + h * v, theta)
         t = jnp.where(moved, t + h, t)
         cost = jnp.where(moved, new_cost, cost)
-        halted = jnp.where(finite, STOP_CODE["no_descent"], STOP_CODE["non_finite_field"])
+        halted = jnp.where(finite, STOP_CODE["no_descent"], failure)
         code = jnp.where(moved, jnp.where(new_cost <= target, STOP_CODE["cost_target"], code),
                          jnp.where(halt, halted, code))
         hist = jax.lax.cond(
@@ -169,10 +176,11 @@ def _iterate(problem, flow, theta0, opts: IntegratorOptions) -> dict:
         "ts": ts, "valid": jnp.isfinite(ts), **hist, "theta": hist.get("theta"),
         "cost0": cost0, "outputs0": outputs0, "t_final": t, "cost_final": cost,
         "theta_final": theta, "stop_code": code, "num_steps": evals,
-        # the step that found no descent (or a non-finite field) moved nothing; every rejected
+        # the step that found no descent (or a failed field) moved nothing; every rejected
         # Levenberg–Marquardt trial is a step that moved nothing
         "num_accepted_steps": evals - (halvings if opts.levenberg_marquardt else (
-            (code == STOP_CODE["no_descent"]) | (code == STOP_CODE["non_finite_field"]))),
+            (code == STOP_CODE["no_descent"]) | (code == STOP_CODE["non_finite_field"])
+            | (code == STOP_CODE["singular"]))),
         "num_rejected_steps": halvings,
         "num_field_evals": evals,
     }
@@ -201,7 +209,7 @@ def euler_steps(
     `ts` holds the accumulated Σ h_k, so the result compares directly with the flow at time s;
     `num_rejected_steps` counts step halvings. `shard` splits the seeds over devices as in
     `simulate`."""
-    opts = prepare(problem, flow, options, settings)
+    flow, opts = prepare(problem, flow, options, settings)
     if opts.levenberg_marquardt:
         flow.check_damped(problem)
     theta0 = initial_theta(problem, theta0)

@@ -14,7 +14,8 @@ from ._batch import initial_theta, over_seeds, prepare, run_batched
 from ._options import IMPLICIT_SOLVERS, IntegratorOptions
 from ._output_path import OutputPathSolver
 from ._record import cost_target, resolved_cost, saved_statistics
-from ._trajectory import STOP_CODE, Trajectory
+from ._results import RESULTS, STOP_CODE, from_linear_solve
+from ._trajectory import Trajectory
 
 
 def make_solver(name: str) -> diffrax.AbstractSolver:
@@ -83,12 +84,14 @@ class _EventBisection(optx.Bisection):
 _ROOT_FINDER = _EventBisection(rtol=1e-12, atol=1e-9, flip=True)
 
 #: Guards in the order they name a stop when several trip in the same step.
-GUARD_ORDER = ("rank_loss", "theta_diverged", "non_finite_field", "bound_violated")
+GUARD_ORDER = ("rank_loss", "theta_diverged", "singular", "non_finite_field", "bound_violated")
+#: The failures of the field that ride in the ODE state (see `_flagged_field`), one flag each.
+FIELD_FAILURES = ("singular", "non_finite_field")
 
 
-def _guards(problem, flow, t, theta, flagged, cost0, opts: IntegratorOptions) -> dict:
+def _guards(problem, flow, t, theta, flags, cost0, opts: IntegratorOptions) -> dict:
     """Each degeneration check at (s, θ), as a function returning True where it trips.
-    `flagged` is the finiteness flag carried in the state (see `_solve`), or None."""
+    `flags` are the field-failure flags carried in the state (see `_flagged_field`), or None."""
     out = {}
     if opts.bound_slack is not None:
         def bound_violated():
@@ -98,8 +101,9 @@ def _guards(problem, flow, t, theta, flagged, cost0, opts: IntegratorOptions) ->
         out["bound_violated"] = bound_violated
     if opts.theta_norm_max is not None:
         out["theta_diverged"] = lambda: jnp.linalg.norm(theta) > opts.theta_norm_max
-    if flagged is not None:
-        out["non_finite_field"] = lambda: flagged > 0
+    if flags is not None:
+        for i, name in enumerate(FIELD_FAILURES):
+            out[name] = lambda i=i: flags[i] > 0
     if opts.sigma_min_tol is not None or opts.max_condition is not None:
         def rank_loss():
             low, high = extreme_singular_values(problem, theta, flow.spectrum_route(problem))
@@ -113,35 +117,27 @@ def _guards(problem, flow, t, theta, flagged, cost0, opts: IntegratorOptions) ->
     return {name: out[name] for name in GUARD_ORDER if name in out}
 
 
-def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict:
-    flow = flow.at_start(problem, theta0)
-    cost0 = problem.cost(theta0)
-    on_path = opts.solver == "output_path"
-    # The finiteness check rides in the state instead of evaluating the field again per step:
-    # y = (θ, φ) with φ' = 1 where the field is not finite (and θ' = 0 there), so φ > 0 after
-    # the step that met a non-finite field. (Gauss–Newton onto the output path checks its own.)
-    flag = opts.check_finite and not on_path
-    if flag:
-        y0 = (theta0, jnp.zeros((), theta0.dtype))
-        theta_of, flag_of = (lambda y: y[0]), (lambda y: y[1])  # noqa: E731
+def _flagged_field(flow):
+    """The field on y = (θ, φ), φ one flag per FIELD_FAILURES: θ' = 0 and φ_i' = 1 where the
+    field fails that way, so φ_i > 0 after the step that met the failure. The check rides in
+    the state instead of evaluating the field again per step; a failed linear solve is named
+    'singular' even where it also left θ' non-finite."""
+    def field(t, y, args):
+        v, result = flow.velocity_and_result(args, y[0])
+        stop = from_linear_solve(result)
+        singular = stop == RESULTS.singular
+        non_finite = ~singular & (~jnp.all(jnp.isfinite(v)) | (stop == RESULTS.non_finite_field))
+        ok = ~(singular | non_finite)
+        flags = jnp.stack([singular, non_finite]).astype(v.dtype)
+        return jnp.where(ok, v, 0.0), flags
+    return diffrax.ODETerm(field)
 
-        def field(t, y, args):
-            v = flow.velocity(args, y[0])
-            finite = jnp.all(jnp.isfinite(v))
-            return jnp.where(finite, v, 0.0), jnp.where(finite, 0.0, 1.0).astype(v.dtype)
-        term = diffrax.ODETerm(field)
-    else:
-        y0, term = theta0, diffrax.ODETerm(flow)
-        theta_of, flag_of = (lambda y: y), (lambda y: None)  # noqa: E731
 
-    def stats(t, y, args):
-        theta = theta_of(y)
-        return saved_statistics(problem, flow, theta, problem.outputs(theta), opts)
-
-    # one event per stop, in order of precedence: diffrax masks all but the first that trips,
-    # so the mask names the stop without evaluating the guards again after the solve
+def _events(problem, flow, theta0, cost0, target, theta_of, flags_of, y0, opts):
+    """One diffrax event per stop, in order of precedence (diffrax masks all but the first
+    that trips, so the mask names the stop without evaluating the guards again), and their
+    names."""
     cond_fns, names = [], []
-    target = cost_target(opts, cost0)
     if target is not None:
         names.append("cost_target")
         cond_fns.append(lambda t, y, args, **kw: (jnp.log(problem.cost(theta_of(y)))
@@ -152,60 +148,39 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
         # boolean need none (stop_gradient keeps eigensolves and the field out of it)
         def cond(t, y, args, **kw):
             y = jax.lax.stop_gradient(y)
-            return _guards(problem, flow, t, theta_of(y), flag_of(y), cost0, opts)[name]()
+            return _guards(problem, flow, t, theta_of(y), flags_of(y), cost0, opts)[name]()
         return cond
 
-    for name in _guards(problem, flow, 0.0, theta0, flag_of(y0), cost0, opts):
+    for name in _guards(problem, flow, 0.0, theta0, flags_of(y0), cost0, opts):
         names.append(name)
         cond_fns.append(guard(name))
-    event = None
-    if cond_fns:
-        event = diffrax.Event(
-            tuple(cond_fns),
-            root_finder=_ROOT_FINDER if target is not None else None,
-        )
+    if not cond_fns:
+        return None, names
+    root_finder = _ROOT_FINDER if target is not None else None
+    return diffrax.Event(tuple(cond_fns), root_finder=root_finder), names
 
+
+def _stepping(problem, flow, cost0, target, opts):
+    """The diffrax solver and step-size controller."""
     controller = diffrax.PIDController(rtol=opts.rtol, atol=opts.atol, dtmin=opts.dtmin,
                                        force_dtmin=opts.dtmin is not None)
-    if on_path:
-        solver = OutputPathSolver(flow, tol=opts.rtol)
-        # where Gauss–Newton cannot reach X*(s) even over a step of 1e-9·t1, X*(s) has left
-        # the image of θ ↦ X near θ: D lost rank (ends as rank_loss, not max_steps)
-        controller = diffrax.PIDController(rtol=opts.rtol, atol=opts.atol, dtmin=1e-9 * opts.t1)
-        # step exactly to the save times, and to just past the path's T_ε so that the cost
-        # event is root-found inside one step of X on the path, not on an interpolant
-        nodes = opts.ts
-        if target is not None:
-            t_hit = jnp.log(cost0 / target) / (2 * problem.kappa) + 10 * opts.rtol / problem.kappa
-            nodes = jnp.sort(jnp.append(nodes, jnp.clip(t_hit, 0.0, opts.t1)))
-        controller = diffrax.ClipStepSizeController(controller, step_ts=nodes)
-    else:
-        solver = make_solver(opts.solver)
-    sol = diffrax.diffeqsolve(
-        term,
-        solver,
-        t0=0.0,
-        t1=opts.t1,
-        dt0=opts.dt0,
-        y0=y0,
-        args=problem,
-        saveat=diffrax.SaveAt(
-            subs=[diffrax.SubSaveAt(ts=opts.ts, fn=stats),
-                  diffrax.SubSaveAt(t1=True, fn=lambda t, y, args: theta_of(y))],
-            solver_state=on_path,
-        ),
-        stepsize_controller=controller,
-        event=event,
-        max_steps=opts.max_steps,
-        throw=False,
-        # no reverse-mode through the solve: a plain while loop traces the step once (the
-        # checkpointed default traces the field and the guards three times more)
-        adjoint=diffrax.ForwardMode(),
-        progress_meter=diffrax.TqdmProgressMeter() if opts.progress else diffrax.NoProgressMeter(),
-    )
-    saved, ts_saved = sol.ys[0], sol.ts[0]
-    t_final, theta_final = sol.ts[1][-1], sol.ys[1][-1]
+    if opts.ode_solver != "output_path":
+        return make_solver(opts.ode_solver), controller
+    # where Gauss–Newton cannot reach X*(s) even over a step of 1e-9·t1, X*(s) has left the
+    # image of θ ↦ X near θ: D lost rank (ends as rank_loss, not max_steps)
+    controller = diffrax.PIDController(rtol=opts.rtol, atol=opts.atol, dtmin=1e-9 * opts.t1)
+    # step exactly to the save times, and to just past the path's T_ε so that the cost event
+    # is root-found inside one step of X on the path, not on an interpolant
+    nodes = opts.ts
+    if target is not None:
+        t_hit = jnp.log(cost0 / target) / (2 * problem.kappa) + 10 * opts.rtol / problem.kappa
+        nodes = jnp.sort(jnp.append(nodes, jnp.clip(t_hit, 0.0, opts.t1)))
+    return (OutputPathSolver(flow, tol=opts.rtol),
+            diffrax.ClipStepSizeController(controller, step_ts=nodes))
 
+
+def _stop_code(sol, names, on_path, theta0, cost0):
+    """The stop reason's code from diffrax's result and the event mask."""
     code = jnp.where(sol.result == diffrax.RESULTS.successful, STOP_CODE["t1_reached"],
                      STOP_CODE["solver_failed"])
     code = jnp.where(sol.result == diffrax.RESULTS.max_steps_reached, STOP_CODE["max_steps"], code)
@@ -213,21 +188,58 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
         lost_rank = ((sol.result == diffrax.RESULTS.singular)
                      | (sol.result == diffrax.RESULTS.dt_min_reached))
         code = jnp.where(lost_rank, STOP_CODE["rank_loss"], code)
-    if event is not None:
+    if sol.event_mask is not None:
         for name, mask in zip(names, sol.event_mask):
             code = jnp.where(mask, STOP_CODE[name], code)
-
     # a non-finite start is named as such, also under jit where initial_theta cannot raise
     bad_start = ~(jnp.all(jnp.isfinite(theta0)) & jnp.isfinite(cost0))
-    code = jnp.where(bad_start, STOP_CODE["non_finite_start"], code)
+    return jnp.where(bad_start, STOP_CODE["non_finite_start"], code)
+
+
+def _field_evals(sol, solver, on_path):
     steps = sol.stats["num_steps"]
     per_step = _field_evals_per_step(solver)
     if on_path:  # one D⁺ per Gauss–Newton iteration (accepted steps)
-        evals = sol.solver_state[1].astype(steps.dtype)
-    elif per_step is None:
-        evals = jnp.full_like(steps, -1)
+        return sol.solver_state[1].astype(steps.dtype)
+    if per_step is None:
+        return jnp.full_like(steps, -1)
+    return per_step[0] * steps + per_step[1]
+
+
+def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict:
+    flow = flow.at_start(problem, theta0)
+    cost0 = problem.cost(theta0)
+    on_path = opts.ode_solver == "output_path"
+    # (Gauss–Newton onto the output path checks its own iterates)
+    if opts.check_finite and not on_path:
+        y0 = (theta0, jnp.zeros(len(FIELD_FAILURES), theta0.dtype))
+        term, theta_of, flags_of = _flagged_field(flow), (lambda y: y[0]), (lambda y: y[1])
     else:
-        evals = per_step[0] * steps + per_step[1]
+        y0, term = theta0, diffrax.ODETerm(flow)
+        theta_of, flags_of = (lambda y: y), (lambda y: None)
+
+    def stats(t, y, args):
+        theta = theta_of(y)
+        return saved_statistics(problem, flow, theta, problem.outputs(theta), opts)
+
+    target = cost_target(opts, cost0)
+    event, names = _events(problem, flow, theta0, cost0, target, theta_of, flags_of, y0, opts)
+    solver, controller = _stepping(problem, flow, cost0, target, opts)
+    sol = diffrax.diffeqsolve(
+        term, solver, t0=0.0, t1=opts.t1, dt0=opts.dt0, y0=y0, args=problem,
+        saveat=diffrax.SaveAt(
+            subs=[diffrax.SubSaveAt(ts=opts.ts, fn=stats),
+                  diffrax.SubSaveAt(t1=True, fn=lambda t, y, args: theta_of(y))],
+            solver_state=on_path,
+        ),
+        stepsize_controller=controller, event=event, max_steps=opts.max_steps, throw=False,
+        # no reverse-mode through the solve: a plain while loop traces the step once (the
+        # checkpointed default traces the field and the guards three times more)
+        adjoint=diffrax.ForwardMode(),
+        progress_meter=diffrax.TqdmProgressMeter() if opts.progress else diffrax.NoProgressMeter(),
+    )
+    saved, ts_saved = sol.ys[0], sol.ts[0]
+    theta_final = sol.ys[1][-1]
     return {
         "ts": ts_saved,
         "valid": jnp.isfinite(ts_saved),
@@ -236,14 +248,14 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
         "theta": saved.get("theta"),
         "cost0": cost0,
         "outputs0": problem.outputs(theta0),
-        "t_final": t_final,
+        "t_final": sol.ts[1][-1],
         "cost_final": problem.cost(theta_final),
         "theta_final": theta_final,
-        "stop_code": code,
-        "num_steps": steps,
+        "stop_code": _stop_code(sol, names, on_path, theta0, cost0),
+        "num_steps": sol.stats["num_steps"],
         "num_accepted_steps": sol.stats["num_accepted_steps"],
         "num_rejected_steps": sol.stats["num_rejected_steps"],
-        "num_field_evals": evals,
+        "num_field_evals": _field_evals(sol, solver, on_path),
     }
 
 
@@ -257,7 +269,8 @@ def solve(problem, flow: AbstractFlow, theta0: Float[Array, " K"], t1: float | N
     """The pure, jit- and vmap-able core of `simulate` for one θ0 (no timing)."""
     if t1 is not None:
         settings["t1"] = t1
-    opts = prepare(problem, flow, options, settings).resolve(problem, flow)
+    flow, opts = prepare(problem, flow, options, settings)
+    opts = opts.resolve(problem, flow)
     return Trajectory(**_solve(problem, flow, theta0, opts), targets=problem.targets,
                       kappa=problem.kappa)
 
@@ -294,6 +307,6 @@ def simulate(
     """
     if t1 is not None:
         settings["t1"] = t1
-    opts = prepare(problem, flow, options, settings)
+    flow, opts = prepare(problem, flow, options, settings)
     theta0 = initial_theta(problem, theta0)
     return run_batched(_solve_batch, problem, flow, theta0, opts.resolve(problem, flow), shard)

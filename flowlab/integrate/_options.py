@@ -150,7 +150,7 @@ class IntegratorOptions(eqx.Module):
                                TIMES)
     num_saves: int = setting(101, "number of equally spaced save times when ts is off", SAVES,
                              static=True)
-    solver: str = setting(
+    ode_solver: str = setting(
         "auto", "diffrax solver (implicit Kvaerno uses Newton with matrix-free GMRES), or "
         "'output_path': Gauss–Newton steps onto the flow's a priori output trajectory "
         "X*(s) (the adapted flow at full rank), exact in X and indifferent to kinks; 'auto': "
@@ -284,13 +284,13 @@ class IntegratorOptions(eqx.Module):
         batching = self.seed_batching
         if batching == "auto":
             batching = "map" if jax.default_backend() == "cpu" else "vmap"
-        solver = self.solver
+        solver = self.ode_solver
         has_path = flow.output_path(problem) is not None
         if solver == "auto":
             solver = "output_path" if problem.piecewise_smooth and has_path else "tsit5"
         if solver == "output_path" and not has_path:
             raise ValueError(
-                f"integrator setting solver = 'output_path': the {type(flow).__name__} on this "
+                f"integrator setting ode_solver = 'output_path': the {type(flow).__name__} on this "
                 "problem has no a priori output path (the adapted flow at full row rank with "
                 "the squared loss has); choose an ODE solver such as 'tsit5'")
         dtmin = self.dtmin
@@ -310,7 +310,7 @@ class IntegratorOptions(eqx.Module):
             sigma_min_tol=num(self.sigma_min_tol), max_condition=num(max_condition),
             sufficient_decrease=num(self.sufficient_decrease),
             theta_norm_max=num(self.theta_norm_max), step_size=num(step),
-            bound_slack=num(bound_slack), seed_batching=batching, solver=solver,
+            bound_slack=num(bound_slack), seed_batching=batching, ode_solver=solver,
             ts=jnp.asarray(self.save_times(), dtype),
         )
 

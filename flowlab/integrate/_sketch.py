@@ -46,9 +46,10 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from ..linalg import AbstractGram, AutoGram
 from ..problem import LeastSquaresProblem, SquaredLoss
 from ._batch import compile_cached
+from ._results import STOP_CODE, STOP_REASONS
 
-#: why a sketch-and-project run ended; SketchTrajectory.stop_code indexes this tuple.
-SKETCH_STOP_REASONS = ("max_steps", "cost_target", "non_finite")
+_RUNNING, _TARGET, _NON_FINITE = (STOP_CODE[n] for n in ("t1_reached", "cost_target",
+                                                         "non_finite_field"))
 
 
 def check_block_problem(problem, block_size) -> None:
@@ -114,7 +115,9 @@ class SketchTrajectory(eqx.Module):
 
     @property
     def stop_reason(self) -> str:
-        return SKETCH_STOP_REASONS[int(self.stop_code)]
+        """Why the run ended (`flowlab.STOP_REASONS`): 't1_reached' when the step budget ran
+        out, 'cost_target', or 'non_finite_field' when C became non-finite."""
+        return STOP_REASONS[int(self.stop_code)]
 
     @property
     def valid(self):
@@ -151,7 +154,7 @@ def _run(problem, gram, theta0, blocks, key, step_size, damping, target, num_che
 
     def cond(s):
         c, _, _, code, _, _ = s
-        return (c < num_checks) & (code == 0)
+        return (c < num_checks) & (code == _RUNNING)
 
     def body(s):
         c, theta, cost, code, costs, hist = s
@@ -159,12 +162,13 @@ def _run(problem, gram, theta0, blocks, key, step_size, damping, target, num_che
         new_cost = problem.cost(new)
         finite = jnp.isfinite(new_cost)
         theta = jnp.where(finite, new, theta)
-        code = jnp.where(finite, jnp.where(new_cost <= target, 1, 0), 2)
+        code = jnp.where(finite, jnp.where(new_cost <= target, _TARGET, _RUNNING), _NON_FINITE)
         costs = costs.at[c + 1].set(jnp.where(finite, new_cost, jnp.inf))
         hist = jax.tree_util.tree_map(lambda h, r: h.at[c + 1].set(r), hist, record(theta))
         return c + 1, theta, jnp.where(finite, new_cost, cost), code, costs, hist
 
-    code0 = jnp.where(cost0 <= target, 1, jnp.where(jnp.isfinite(cost0), 0, 2))
+    code0 = jnp.where(cost0 <= target, _TARGET,
+                      jnp.where(jnp.isfinite(cost0), _RUNNING, _NON_FINITE))
     c, theta, cost, code, costs, hist = jax.lax.while_loop(
         cond, body, (jnp.asarray(0), theta0, cost0, code0, costs, hist))
     return {"cost": costs, "extras": hist, "cost0": cost0, "cost_final": cost,

@@ -1,4 +1,4 @@
-"""The record of an integration, and the names of the ways it can end."""
+"""The record of an integration (its stop reasons: `_results.RESULTS`)."""
 
 import math
 
@@ -7,23 +7,7 @@ import jax
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-#: Why an integration ended; Trajectory.stop_code indexes this tuple.
-STOP_REASONS = (
-    "t1_reached",  # integrated to t1
-    "cost_target",  # C fell to the target (event, located by root finding)
-    "rank_loss",  # σ_min(D) below sigma_min_tol, or σ_max/σ_min above max_condition
-    "theta_diverged",  # |θ| above theta_norm_max
-    "non_finite_field",  # the vector field returned NaN/inf (e.g. a failed Cholesky)
-    "max_steps",  # the step budget ran out
-    "solver_failed",  # any other diffrax failure
-    "bound_violated",  # C(s) rose above the flow's guaranteed e^{−rs}C(0): the orbit left the theory
-    "non_finite_start",  # θ0 or C(θ0) is not finite
-    "no_descent",  # Euler steps: no step the line search tried lowered the cost (a stall)
-)
-#: Ends that mean a run did not do what it was asked (t1_reached is by design; rank_loss,
-#: theta_diverged and bound_violated are findings about the orbit, reported as such).
-FAILURES = frozenset({"max_steps", "solver_failed", "non_finite_field", "non_finite_start"})
-STOP_CODE = {name: i for i, name in enumerate(STOP_REASONS)}
+from ._results import STOP_REASONS
 
 
 class Trajectory(eqx.Module):

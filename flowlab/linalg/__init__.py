@@ -24,11 +24,12 @@ from ._gram import (
     auto_gram as auto_gram,
 )
 from ._gram import (
-    is_mlp_problem as is_mlp_problem,
+    gram_matrix as gram_matrix,
 )
-from ._gram import (
-    mlp_gram as mlp_gram,
-)
+from ._layerwise import backprop_transpose as backprop_transpose
+from ._layerwise import gram_block as gram_block
+from ._layerwise import mlp_backprop as mlp_backprop
+from ._layerwise import mlp_gram as mlp_gram
 from ._nystrom import (
     JacobianProducts as JacobianProducts,
 )
@@ -58,6 +59,9 @@ from ._solvers import (
 )
 from ._solvers import (
     SOLVERS as SOLVERS,
+)
+from ._solvers import (
+    AbstractDampedPinvSolver as AbstractDampedPinvSolver,
 )
 from ._solvers import (
     AbstractPinvSolver as AbstractPinvSolver,

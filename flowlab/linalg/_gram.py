@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._layerwise import backprop_transpose, gram_block, mlp_backprop
+
 
 class AbstractGram(eqx.Module):
     """A way to obtain Θ = D Dᵀ and the map w ↦ Dᵀ w at θ."""
@@ -40,84 +42,6 @@ class DenseGram(AbstractGram):
         return d @ d.T, lambda w: d.T @ w
 
 
-def is_mlp_problem(problem) -> bool:
-    """Whether the problem fits a flowlab.MLP to data, X = (f_θ(x_j))_j (so the layerwise
-    Gram applies; not for a residual problem, whose rows are not the network's outputs)."""
-    from ..nets import MLP
-    from ..problem import LeastSquaresProblem
-
-    return isinstance(problem, LeastSquaresProblem) and isinstance(problem.model_static, MLP)
-
-
-def _mlp_backprop(model, inputs):
-    """Activations H_{l−1} (N, M_{l−1}) and signals Δ_l (N, Q, M_l), Δ_l[i, q] = ∂f_q(x_i)/∂z_l."""
-    from ..nets import get_activation
-
-    act = get_activation(model.activation)
-    scales = model.layer_scales()
-    n, q = inputs.shape[0], model.out_size
-    h, hs, zs = inputs, [], []
-    for i, ((s, t), w) in enumerate(zip(scales, model.weights)):
-        hs.append(h)
-        z = s * (h @ w.T)
-        if model.biases is not None:
-            z = z + t * model.biases[i]
-        zs.append(z)
-        h = act(z)
-    delta = jnp.broadcast_to(jnp.eye(q, dtype=inputs.dtype), (n, q, q))
-    deltas = [delta]
-    for i in range(len(model.weights) - 1, 0, -1):
-        z = zs[i - 1]
-        dsigma = jax.jvp(act, (z,), (jnp.ones_like(z),))[1]  # elementwise σ'(z)
-        delta = scales[i][0] * (delta @ model.weights[i]) * dsigma[:, None, :]
-        deltas.append(delta)
-    return hs, deltas[::-1]
-
-
-def _gram_block(model, hs, deltas, hs_cols, deltas_cols):
-    """Θ[rows of the examples of (hs, deltas), rows of the examples of (hs_cols, deltas_cols)]."""
-    n, m, q = hs[0].shape[0], hs_cols[0].shape[0], model.out_size
-    gram = jnp.zeros((n * q, m * q), hs[0].dtype)
-    for (s, t), h, delta, hc, dc in zip(model.layer_scales(), hs, deltas, hs_cols, deltas_cols):
-        a = s**2 * (h @ hc.T)
-        if model.biases is not None:
-            a = a + t**2
-        if q > 1:
-            a = jnp.repeat(jnp.repeat(a, q, axis=0), q, axis=1)
-        gram = gram + (delta.reshape(n * q, -1) @ dc.reshape(m * q, -1).T) * a
-    return gram
-
-
-def _gram_from_backprop(model, hs, deltas):
-    return _gram_block(model, hs, deltas, hs, deltas)
-
-
-def _backprop_transpose(problem, model, hs, deltas, w):
-    """Dᵀ w from the signals of the examples in (hs, deltas), w of shape (n·Q,) for them."""
-    scales = model.layer_scales()
-    w = w.reshape(hs[0].shape[0], model.out_size)
-    gs = [jnp.einsum("iq,iqm->im", w, d) for d in deltas]
-    dw = [s * (g.T @ h) for (s, _), g, h in zip(scales, gs, hs)]
-    if model.biases is None:
-        grads = eqx.tree_at(lambda m: m.weights, model, dw)
-    else:
-        db = [t * jnp.sum(g, axis=0) for (_, t), g in zip(scales, gs)]
-        grads = eqx.tree_at(lambda m: (m.weights, m.biases), model, (dw, db))
-    return problem.flatten(grads)
-
-
-def mlp_gram(model, inputs: Float[Array, "N M"]) -> Float[Array, "QN QN"]:
-    r"""The NTK Gram Θ = D Dᵀ of a flowlab.MLP on `inputs`, layer by layer, without D.
-
-    With z_l = s_l W_l h_{l−1} + t_l b_l: ∂f_q/∂W_l = s_l δ_l^q h_{l−1}ᵀ and ∂f_q/∂b_l = t_l δ_l^q,
-    δ_l^q = ∂f_q/∂z_l, so Θ[(i,q),(j,r)] = Σ_l ⟨δ_l^{iq}, δ_l^{jr}⟩ (s_l² ⟨h_{l−1}^i, h_{l−1}^j⟩
-    + t_l²) (no t_l² term without biases). δ_L = e_q; δ_{l−1} = s_l W_lᵀ δ_l ⊙ σ'(z_{l−1}), σ' by
-    a jvp of the activation. Cost Σ_l QN·M_l·(M_{l−1} + QN) + N²·M_{l−1}; memory
-    O((QN)² + QN·Σ M_l)."""
-    hs, deltas = _mlp_backprop(model, inputs)
-    return _gram_from_backprop(model, hs, deltas)
-
-
 class LayerwiseGram(AbstractGram):
     """Θ for a flowlab.MLP layer by layer (`mlp_gram`); D is never formed. Dᵀ w reuses the same
     signals: ∂/∂W_l = s_l Gᵀ H_{l−1}, ∂/∂b_l = t_l Σ_i G_i with G_i = Σ_q w_{iq} δ_l^{iq} (one
@@ -125,16 +49,16 @@ class LayerwiseGram(AbstractGram):
     instead of O(QN·K)."""
 
     def __call__(self, problem, theta):
-        if not is_mlp_problem(problem):
+        if not problem.layerwise:
             raise ValueError(
                 "LayerwiseGram needs a problem whose model is a flowlab.MLP, got "
                 f"{type(getattr(problem, 'model_static', None)).__name__} in a "
                 f"{type(problem).__name__}; use BlockedGram or DenseGram"
             )
         model = problem.model(theta)
-        hs, deltas = _mlp_backprop(model, problem.inputs)
-        gram = _gram_from_backprop(model, hs, deltas)
-        return gram, lambda w: _backprop_transpose(problem, model, hs, deltas, w)
+        hs, deltas = mlp_backprop(model, problem.inputs)
+        gram = gram_block(model, hs, deltas, hs, deltas)
+        return gram, lambda w: backprop_transpose(problem, model, hs, deltas, w)
 
 
 #: bytes of D that BlockedGram holds at once when its block size is not given.
@@ -201,7 +125,12 @@ class BlockedGram(AbstractGram):
 def auto_gram(problem) -> AbstractGram:
     """LayerwiseGram for a flowlab.MLP fitted to data, BlockedGram otherwise (DenseGram stays
     available: it materialises D)."""
-    return LayerwiseGram() if is_mlp_problem(problem) else BlockedGram()
+    return LayerwiseGram() if problem.layerwise else BlockedGram()
+
+
+def gram_matrix(problem, theta: Float[Array, " K"]) -> Float[Array, "QN QN"]:
+    """Θ = D Dᵀ at θ, the empirical NTK Gram matrix, by `auto_gram(problem)`."""
+    return auto_gram(problem)(problem, theta)[0]
 
 
 class AutoGram(AbstractGram):

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg
 from jaxtyping import Array, Float, Int, Scalar
 
-from ._gram import _backprop_transpose, _gram_block, _mlp_backprop, is_mlp_problem
+from ._layerwise import backprop_transpose, gram_block, mlp_backprop
 
 
 class JacobianProducts(NamedTuple):
@@ -42,9 +42,9 @@ def jacobian_products(problem, theta: Float[Array, " K"]) -> JacobianProducts:
     For a flowlab.MLP fitted to data: from the layer activations H_{l−1} and backprop signals
     Δ_l, (D u)_{iq} = Σ_l ⟨Δ_l^{iq}, s_l U_l h_{l−1}^i + t_l b̃_l⟩ and Dᵀ w one matmul per layer
     (two matmuls of N·M_{l−1}·M_l per layer for Θw); otherwise a jax.linearize of X(θ)."""
-    if is_mlp_problem(problem):
+    if problem.layerwise:
         model = problem.model(theta)
-        hs, deltas = _mlp_backprop(model, problem.inputs)
+        hs, deltas = mlp_backprop(model, problem.inputs)
         scales = model.layer_scales()
 
         def jvp(u):
@@ -58,12 +58,12 @@ def jacobian_products(problem, theta: Float[Array, " K"]) -> JacobianProducts:
             return out.reshape(-1)
 
         def vjp(w):
-            return _backprop_transpose(problem, model, hs, deltas, w)
+            return backprop_transpose(problem, model, hs, deltas, w)
 
         def columns(examples):
             hs_c = [h[examples] for h in hs]
             deltas_c = [d[examples] for d in deltas]
-            return _gram_block(model, hs, deltas, hs_c, deltas_c)
+            return gram_block(model, hs, deltas, hs_c, deltas_c)
 
         return JacobianProducts(jvp, vjp, columns)
     _, lin = jax.linearize(problem.outputs, theta)

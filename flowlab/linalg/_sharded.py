@@ -28,18 +28,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..devices import DATA_AXIS, device_mesh
-from ._gram import (
-    AbstractGram,
-    AutoGram,
-    BlockedGram,
-    DenseGram,
-    LayerwiseGram,
-    _backprop_transpose,
-    _gram_block,
-    _mlp_backprop,
-    auto_gram,
-    is_mlp_problem,
-)
+from ._gram import AbstractGram, AutoGram, BlockedGram, DenseGram, LayerwiseGram, auto_gram
+from ._layerwise import backprop_transpose, gram_block, mlp_backprop
 
 try:  # jax ≥ 0.6; the experimental module before
     from jax import shard_map as _shard_map
@@ -106,16 +96,14 @@ class ShardedGram(AbstractGram):
 
     def route(self, problem) -> str:
         """'layerwise' or 'rows': how each device forms its rows."""
-        from ..problem import LeastSquaresProblem
-
-        if not isinstance(problem, LeastSquaresProblem):
+        if not problem.rows_by_example:
             raise TypeError(
                 "ShardedGram splits the examples of a LeastSquaresProblem over devices, got a "
                 f"{type(problem).__name__}; use BlockedGram for residual problems"
             )
         inner = auto_gram(problem) if isinstance(self.inner, AutoGram) else self.inner
         if isinstance(inner, LayerwiseGram):
-            if not is_mlp_problem(problem):
+            if not problem.layerwise:
                 raise ValueError("ShardedGram(LayerwiseGram()) needs a flowlab.MLP; use "
                                  "ShardedGram(BlockedGram()) for other models")
             return "layerwise"
@@ -151,14 +139,14 @@ class ShardedGram(AbstractGram):
         if route == "layerwise":
             def local(th, x):
                 model = problem.model(th)
-                hs, deltas = _mlp_backprop(model, x)
-                gram = _ring_rows(lambda other: _gram_block(model, hs, deltas, *other),
+                hs, deltas = mlp_backprop(model, x)
+                gram = _ring_rows(lambda other: gram_block(model, hs, deltas, *other),
                                   (hs, deltas), d)
                 return gram, (hs, deltas)
 
             def local_transpose(th, aux, w):
                 hs, deltas = aux
-                return _backprop_transpose(problem, problem.model(th), hs, deltas, w)
+                return backprop_transpose(problem, problem.model(th), hs, deltas, w)
         else:
             def local(th, x):
                 def f(t, xi):

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.scipy.linalg
 import lineax as lx
+from equinox import AbstractClassVar
 from jaxtyping import Array, Float
 
 from ._gram import AbstractGram, AutoGram
@@ -42,45 +43,72 @@ from ._spectrum import all_over_seeds, condition_limit
 
 
 class AbstractPinvSolver(eqx.Module):
-    """Computes D⁺ g at θ."""
+    """Computes D⁺ g at θ.
 
-    #: how the solve reaches D⁺: 'gram' (through Θ or DᵀD: squares cond(D)) or 'factor'
-    #: (a factorisation of D itself); sets the default guard and how σ(D) is measured.
-    route: ClassVar[str] = "factor"
+    A solver states its `route` to D⁺: 'gram' (through Θ or DᵀD: squares cond(D)), 'factor'
+    (a factorisation of D itself) or 'adaptive' (the Gram while it resolves D, a factorisation
+    of D where it does not); the route sets the default guard (`max_condition`) and how σ(D)
+    is measured."""
+
+    route: AbstractClassVar[str]
 
     def max_condition(self, dtype) -> float:
         """σ_max/σ_min(D) beyond which the solve is no longer trustworthy (the default guard)."""
         return condition_limit(self.route, dtype)
 
     @abc.abstractmethod
-    def solve(self, problem, theta, rhs: Float[Array, " QN"]) -> Float[Array, " K"]: ...
-
     def check(self, problem) -> None:
         """Raise a ValueError when the solver cannot apply to the problem's shapes."""
 
-    def solve_damped(self, problem, theta, rhs: Float[Array, " QN"], damping) -> Float[Array, " K"]:
-        """v = Dᵀ(Θ + λI)⁻¹ g = (DᵀD + λI)⁻¹Dᵀ g, λ = `damping` ≥ 0 (K ≥ QN): the
-        Levenberg–Marquardt step, D⁺g as λ → 0. Solvers without it raise NotImplementedError."""
-        raise NotImplementedError(
-            f"{type(self).__name__} has no damped solve; use 'cholesky', 'gram_or_qr' or 'nystrom'"
-        )
+    @abc.abstractmethod
+    def solve(self, problem, theta, rhs: Float[Array, " QN"]
+              ) -> tuple[Float[Array, " K"], lx.RESULTS]:
+        """v = D⁺ g at θ for g = `rhs`.
 
-    @property
-    def has_damped_solve(self) -> bool:
-        return type(self).solve_damped is not AbstractPinvSolver.solve_damped
+        **Returns:** `(v, result)`: the solution and lineax's verdict on the linear solve
+        (`singular` where a factorisation failed on a finite right-hand side; the
+        integrators turn it into a stop reason, `flowlab.integrate.from_linear_solve`)."""
+
+
+class AbstractDampedPinvSolver(AbstractPinvSolver):
+    """A pseudo-inverse solver that also takes the damped (Levenberg–Marquardt) solve."""
+
+    @abc.abstractmethod
+    def solve_damped(self, problem, theta, rhs: Float[Array, " QN"], damping
+                     ) -> tuple[Float[Array, " K"], lx.RESULTS]:
+        """v = Dᵀ(Θ + λI)⁻¹ g = (DᵀD + λI)⁻¹Dᵀ g, λ = `damping` ≥ 0 (K ≥ QN): the
+        Levenberg–Marquardt step, D⁺g as λ → 0 (MATH §10).
+
+        **Returns:** `(v, result)` as `solve`."""
+
+
+def _finite_result(v, rhs) -> lx.RESULTS:
+    """`singular` where v is not finite although g is: the solve broke down."""
+    failed = ~jnp.all(jnp.isfinite(v)) & jnp.all(jnp.isfinite(rhs))
+    return lx.RESULTS.where(failed, lx.RESULTS.singular, lx.RESULTS.successful)
 
 
 def _through_gram(gram, problem, theta, rhs, damping=None):
-    """Dᵀ(Θ + λI)⁻¹ g by Cholesky of Θ + λI, λ = `damping` (None: Dᵀ Θ⁻¹ g). λ > 0 bounds the
-    condition number by λ_max/λ + 1."""
+    """Dᵀ(Θ + λI)⁻¹ g by Cholesky of Θ + λI, λ = `damping` (None: Dᵀ Θ⁻¹ g), and lineax's
+    result. λ > 0 bounds the condition number by λ_max/λ + 1."""
     theta_gram, transpose = gram(problem, theta)
     if damping is not None:
         theta_gram = theta_gram + damping * jnp.eye(theta_gram.shape[0], dtype=theta_gram.dtype)
     op = lx.MatrixLinearOperator(theta_gram, lx.positive_semidefinite_tag)
-    return transpose(lx.linear_solve(op, rhs, lx.Cholesky(), throw=False).value)
+    sol = lx.linear_solve(op, rhs, lx.Cholesky(), throw=False)
+    return transpose(sol.value), sol.result
 
 
-class CholeskySolver(AbstractPinvSolver):
+def _needs_full_row_rank(name, problem):
+    if not problem.overparametrised:
+        raise ValueError(
+            f"the {name!r} solver needs full row rank, so K >= QN; here K = "
+            f"{problem.num_params} < QN = {problem.num_outputs} (underparametrised). "
+            "Use solver='qr' or 'svd'."
+        )
+
+
+class CholeskySolver(AbstractDampedPinvSolver):
     """v = Dᵀ (D Dᵀ)⁻¹ g by a Cholesky factorisation of the Gram matrix (full row rank).
 
     `gram` is how Θ and Dᵀ are obtained; the default AutoGram uses the layerwise Gram for an
@@ -90,12 +118,7 @@ class CholeskySolver(AbstractPinvSolver):
     gram: AbstractGram = AutoGram()
 
     def check(self, problem):
-        if not problem.overparametrised:
-            raise ValueError(
-                f"the 'cholesky' solver needs full row rank, so K >= QN; here K = "
-                f"{problem.num_params} < QN = {problem.num_outputs} (underparametrised). "
-                "Use solver='qr' or 'svd'."
-            )
+        _needs_full_row_rank("cholesky", problem)
 
     def solve(self, problem, theta, rhs):
         return _through_gram(self.gram, problem, theta, rhs)
@@ -104,7 +127,7 @@ class CholeskySolver(AbstractPinvSolver):
         return _through_gram(self.gram, problem, theta, rhs, damping)
 
 
-class GramOrQRSolver(AbstractPinvSolver):
+class GramOrQRSolver(AbstractDampedPinvSolver):
     """v = D⁺g by Cholesky of Θ while Θ resolves D, by QR of D where it does not (K ≥ QN).
 
     Decided at each evaluation: λ_min(Θ) is estimated by 8 steps of inverse iteration with the
@@ -121,7 +144,7 @@ class GramOrQRSolver(AbstractPinvSolver):
     gram: AbstractGram = AutoGram()
 
     def check(self, problem):
-        CholeskySolver().check(problem)
+        _needs_full_row_rank("gram_or_qr", problem)
 
     def solve(self, problem, theta, rhs):
         theta_gram, transpose = self.gram(problem, theta)
@@ -139,8 +162,8 @@ class GramOrQRSolver(AbstractPinvSolver):
             lam_max < condition_limit("gram", theta.dtype) ** 2 * lam_min))
 
         def through_gram(_):
-            w = jax.scipy.linalg.cho_solve((factor, True), rhs)
-            return transpose(w)
+            v = transpose(jax.scipy.linalg.cho_solve((factor, True), rhs))
+            return v, _finite_result(v, rhs)
 
         def through_qr(_):
             return QRSolver().solve(problem, theta, rhs)
@@ -154,9 +177,15 @@ class GramOrQRSolver(AbstractPinvSolver):
 class QRSolver(AbstractPinvSolver):
     """D⁺ g by a QR factorisation of D (full rank: column rank if K < QN, row rank if not)."""
 
+    route: ClassVar[str] = "factor"
+
+    def check(self, problem):
+        pass  # any shape: least squares when K < QN, minimal norm when K ≥ QN
+
     def solve(self, problem, theta, rhs):
         d = problem.jacobian(theta)
-        return lx.linear_solve(lx.MatrixLinearOperator(d), rhs, lx.QR(), throw=False).value
+        sol = lx.linear_solve(lx.MatrixLinearOperator(d), rhs, lx.QR(), throw=False)
+        return sol.value, sol.result
 
 
 class SVDSolver(AbstractPinvSolver):
@@ -164,13 +193,17 @@ class SVDSolver(AbstractPinvSolver):
 
     rcond=None uses lineax's default, eps·max(QN, K)."""
 
+    route: ClassVar[str] = "factor"
     rcond: float | None = eqx.field(static=True, default=None)
+
+    def check(self, problem):
+        pass  # any shape and rank
 
     def solve(self, problem, theta, rhs):
         d = problem.jacobian(theta)
-        return lx.linear_solve(
-            lx.MatrixLinearOperator(d), rhs, lx.SVD(rcond=self.rcond), throw=False
-        ).value
+        sol = lx.linear_solve(lx.MatrixLinearOperator(d), rhs, lx.SVD(rcond=self.rcond),
+                              throw=False)
+        return sol.value, sol.result
 
 
 class NormalCholeskySolver(AbstractPinvSolver):
@@ -191,7 +224,8 @@ class NormalCholeskySolver(AbstractPinvSolver):
     def solve(self, problem, theta, rhs):
         d = problem.jacobian(theta, "fwd")
         op = lx.MatrixLinearOperator(d.T @ d, lx.positive_semidefinite_tag)
-        return lx.linear_solve(op, d.T @ rhs, lx.Cholesky(), throw=False).value
+        sol = lx.linear_solve(op, d.T @ rhs, lx.Cholesky(), throw=False)
+        return sol.value, sol.result
 
 
 class CGSolver(AbstractPinvSolver):
@@ -208,6 +242,9 @@ class CGSolver(AbstractPinvSolver):
     atol: float = eqx.field(static=True, default=1e-14)
     max_steps: int | None = eqx.field(static=True, default=None)
 
+    def check(self, problem):
+        pass  # both regimes: Θ w = g when K ≥ QN, the normal equations when K < QN
+
     def solve(self, problem, theta, rhs):
         _, d = jax.linearize(problem.outputs, theta)
         dt_tuple = jax.linear_transpose(d, theta)
@@ -221,12 +258,11 @@ class CGSolver(AbstractPinvSolver):
         struct = jax.ShapeDtypeStruct((size,), theta.dtype)
         matvec = (lambda w: d(dt(w))) if wide else (lambda v: dt(d(v)))
         op = lx.FunctionLinearOperator(matvec, struct, lx.positive_semidefinite_tag)
-        if wide:
-            return dt(lx.linear_solve(op, rhs, cg, throw=False).value)
-        return lx.linear_solve(op, dt(rhs), cg, throw=False).value
+        sol = lx.linear_solve(op, rhs if wide else dt(rhs), cg, throw=False)
+        return (dt(sol.value) if wide else sol.value), sol.result
 
 
-class NystromSolver(AbstractPinvSolver):
+class NystromSolver(AbstractDampedPinvSolver):
     r"""D⁺g = Dᵀw, Θ w = g solved by Nyström-preconditioned conjugate residuals without forming
     Θ (K ≥ QN; `_nystrom`).
 
@@ -253,7 +289,7 @@ class NystromSolver(AbstractPinvSolver):
             raise ValueError(f"rtol must lie in (0, 1), got {self.rtol!r}")
 
     def check(self, problem):
-        CholeskySolver().check(problem)
+        _needs_full_row_rank("nystrom", problem)
 
     def preconditioner(
         self, problem, theta, products: JacobianProducts | None = None, shift=None
@@ -294,10 +330,12 @@ class NystromSolver(AbstractPinvSolver):
         return products.vjp(out.solution), out
 
     def solve(self, problem, theta, rhs):
-        return self.solve_with_stats(problem, theta, rhs)[0]
+        v = self.solve_with_stats(problem, theta, rhs)[0]
+        return v, _finite_result(v, rhs)
 
     def solve_damped(self, problem, theta, rhs, damping):
-        return self.solve_with_stats(problem, theta, rhs, damping)[0]
+        v = self.solve_with_stats(problem, theta, rhs, damping)[0]
+        return v, _finite_result(v, rhs)
 
 
 SOLVERS = {

@@ -23,7 +23,7 @@ from ..equilibria import analyse_equilibrium
 from ..geometry import SUBRIEMANNIAN_EXTRAS, path_lengths
 from ..integrate import FAILURES, STOP_REASONS, euler_steps, resolved_cost, simulate
 from ..interpolation import segment_distance
-from ..linalg import is_mlp_problem, singular_values
+from ..linalg import singular_values
 from .build import hidden_widths, make_dataset, make_flow, make_models, make_options, make_problem
 from .config import Study
 from .extras import ExtraAnalyses
@@ -166,8 +166,8 @@ def run_cell(study: Study, cell: Cell) -> tuple[dict, list[RunRecord]]:
     sigma0, sigma1, grad_final, endpoint_error = (
         np.asarray(a) for a in _end_diagnostics(problem, theta0, tr.theta_final,
                                                 flow.spectrum_route(problem)))
-    kinks = [np.asarray(a) for a in _kinks(problem, tr.theta_final)] if is_mlp_problem(
-        problem) else None
+    kinks = [np.asarray(a) for a in _kinks(problem, tr.theta_final)] if (
+        problem.layerwise) else None
     lsq = (_least_squares(problem, theta0, c["compare"]["least_squares_max_nfev"])
            if c["compare"]["least_squares"] else None)
 
