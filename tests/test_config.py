@@ -84,7 +84,7 @@ def test_overrides_parse_toml_values(tmp_path):
         ("[flows.adapted]\nsolvr = 'qr'\n", "flows.adapted.solvr", ["flows.adapted.solver"]),
         ("[flows.x]\nkind = 'adaptd'\n", "flows.x.kind", ["'adapted'"]),
         ("[integrator]\nrtol = true\n", "integrator.rtol", ["positive number"]),
-        ("[integrator]\nsolver = 'rk4'\n", "integrator.solver", ["'tsit5'"]),
+        ("[integrator]\node_solver = 'rk4'\n", "integrator.ode_solver", ["'tsit5'"]),
         ("[integrator]\nsigma_min_tol = 'of'\n", "integrator.sigma_min_tol", ["or off"]),
         ("[integrator]\nt1 = 1.0\nts = [0.0, 2.0]\n", "integrator.ts", ["[0, t1 = 1.0]"]),
         ("[integrator]\nt1 = 'auto'\nts = [0.0, 2.0]\n", "integrator.ts", ["numeric integrator.t1"]),
@@ -131,3 +131,20 @@ def test_parsing_a_config_starts_no_jax_backend(tmp_path):
             f"load_config({path!r}); print(len(xb._backends))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0", out.stdout + out.stderr
+
+
+def test_the_old_integrator_key_solver_is_refused_by_name(tmp_path):
+    """`solver` is the flow's pseudo-inverse; the ODE solver is `ode_solver`. A config, an
+    override or a keyword that still says `solver` for the integrator fails, naming the new key."""
+    path = write(tmp_path, GOOD + "[integrator]\nsolver = 'tsit5'\n")
+    with pytest.raises(ConfigError, match=r"key 'integrator.solver': renamed.*'integrator.ode_solver'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="'integrator.ode_solver'"):
+        load_config(write(tmp_path, GOOD, "d.toml"), ["integrator.solver=tsit5"])
+    assert load_config(path.replace("c.toml", "d.toml"),
+                       ["integrator.ode_solver=tsit5"]).config["integrator"]["ode_solver"] == "tsit5"
+    with pytest.raises(TypeError, match="'solver' is now 'ode_solver'"):
+        IntegratorOptions.build(solver="tsit5")
+    # the flow's own `solver` keeps its meaning
+    assert load_config(write(tmp_path, GOOD.replace("[flows.adapted]", "[flows.adapted]\nsolver = 'qr'"),
+                             "e.toml")).config["flows"]["adapted"]["params"] == {"solver": "qr"}

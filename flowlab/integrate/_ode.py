@@ -116,7 +116,7 @@ def _guards(problem, flow, t, theta, flagged, cost0, opts: IntegratorOptions) ->
 def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict:
     flow = flow.at_start(problem, theta0)
     cost0 = problem.cost(theta0)
-    on_path = opts.solver == "output_path"
+    on_path = opts.ode_solver == "output_path"
     # The finiteness check rides in the state instead of evaluating the field again per step:
     # y = (θ, φ) with φ' = 1 where the field is not finite (and θ' = 0 there), so φ > 0 after
     # the step that met a non-finite field. (Gauss–Newton onto the output path checks its own.)
@@ -180,7 +180,7 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
             nodes = jnp.sort(jnp.append(nodes, jnp.clip(t_hit, 0.0, opts.t1)))
         controller = diffrax.ClipStepSizeController(controller, step_ts=nodes)
     else:
-        solver = make_solver(opts.solver)
+        solver = make_solver(opts.ode_solver)
     sol = diffrax.diffeqsolve(
         term,
         solver,
@@ -276,7 +276,7 @@ def simulate(
 
     θ0 is one parameter vector (K,) or a batch (B, K) of them (one vmapped solve); None means
     the problem's θ0. The settings are an `IntegratorOptions` (`options`), updated by keyword
-    `settings` of the same names (t1, ts, num_saves, solver, rtol, atol, dt0, max_steps,
+    `settings` of the same names (t1, ts, num_saves, ode_solver, rtol, atol, dt0, max_steps,
     cost_target, cost_target_relative, sigma_min_tol, max_condition, theta_norm_max,
     check_finite, diagnostics, save_theta, extras, progress; see its fields for meaning and
     defaults). Saves at the save times the cost, the outputs and diagnostics (σ_min, σ_max,

@@ -320,10 +320,21 @@ def _unknown(where, key, allowed):
     return ConfigError(where, key, f"unknown key{hint} (allowed: {sorted(allowed)})")
 
 
+def _renamed() -> dict[str, str]:
+    """Config keys that were renamed: old dotted key -> new dotted key."""
+    from ..integrate import IntegratorOptions
+
+    return {f"integrator.{old}": f"integrator.{new}"
+            for old, new in IntegratorOptions.renamed().items()}
+
+
 def _check_table(where, section, raw, spec) -> dict:
     out = {}
     for key, value in raw.items():
         full = f"{section}.{key}" if section else key
+        if full in _renamed():
+            raise ConfigError(where, full, f"renamed: this is now '{_renamed()[full]}' (the ODE "
+                              "solver; a flow's pseudo-inverse stays flows.NAME.solver)")
         if key not in spec:
             raise _unknown(where, full, spec)
         check, _ = spec[key]
