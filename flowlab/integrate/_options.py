@@ -6,6 +6,7 @@ arrays once resolved (traced: changing them does not recompile); switches are st
 """
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -41,7 +42,7 @@ RENAMED_SETTINGS = {"solver": "ode_solver"}
 
 def _number(v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise ValueError
+        raise TypeError
     v = float(v)
     if not math.isfinite(v):
         raise ValueError
@@ -73,7 +74,7 @@ def _integer(lo):
 
 def _boolean(v):
     if not isinstance(v, (bool, np.bool_)):
-        raise ValueError
+        raise TypeError
     return bool(v)
 
 
@@ -85,9 +86,9 @@ def _ode_solver(v):
 
 def _times(v):
     if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray)):
-        raise ValueError
+        raise TypeError
     ts = tuple(_number(x) for x in np.asarray(v, dtype=object).ravel())
-    if len(ts) < 2 or ts[0] < 0 or any(b <= a for a, b in zip(ts, ts[1:])):
+    if len(ts) < 2 or ts[0] < 0 or any(b <= a for a, b in itertools.pairwise(ts)):
         raise ValueError
     return ts
 
@@ -294,7 +295,7 @@ class IntegratorOptions(eqx.Module):
         if dtmin == "auto":
             dtmin = (DTMIN_KINKS * float(self.t1)
                      if problem.piecewise_smooth and ode_solver != "output_path" else None)
-        num = lambda v: None if v is None else jnp.asarray(v, dtype)  # noqa: E731
+        num = lambda v: None if v is None else jnp.asarray(v, dtype)
         # a tolerance below the dtype's resolution cannot be met: the step size would collapse
         # (float32 at the float64 default 1e-8 stalled at C/C0 ≈ 0.99)
         floor = TOLERANCE_EPS * float(jnp.finfo(dtype).eps)
