@@ -46,7 +46,8 @@ class ConfigError(ValueError):
         what it expected and what it found (`found`, where the config's own value differs from
         the one checked, e.g. a list checked as a tuple)."""
         found = error.got if found is _CHECKED else found
-        return cls(where, prefix + error.key, f"expected {error.expected}, found {_typename(found)}")
+        return cls(where, prefix + error.key,
+                   f"expected {error.expected}, found {_typename(found)}")
 
 
 # --- value checks: `Check(expected, parse)`, refusing with SettingError ----------------------
@@ -244,7 +245,8 @@ def _check_options(where, config):
     try:
         options = IntegratorOptions.build(**settings)
     except SettingError as e:
-        raise ConfigError.from_setting(where, e, "integrator.", found=integ.get(e.key, e.got)) from None
+        found = integ.get(e.key, e.got)
+        raise ConfigError.from_setting(where, e, "integrator.", found=found) from None
     return options
 
 
