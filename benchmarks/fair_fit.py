@@ -128,7 +128,7 @@ def worker(rounds: int, quick: bool, precision: str) -> dict:
             p, fl.AdaptedFlow(), theta0, t1=1.5 * t_eps, cost_target_relative=EPS, **quiet)),
         "adapted ODE, output path": lambda: flowlab_run(lambda: fl.simulate(
             p, fl.AdaptedFlow(), theta0, t1=1.5 * t_eps, cost_target_relative=EPS,
-            solver="output_path", **quiet)),
+            ode_solver="output_path", **quiet)),
         "adapted steps h = 1/κ": lambda: flowlab_run(lambda: fl.euler_steps(
             p, fl.AdaptedFlow(), theta0, num_steps=30, cost_target_relative=EPS,
             diagnostics=False)),

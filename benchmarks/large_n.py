@@ -95,7 +95,7 @@ def bench_full(n, ode=True):
         print("ode", out["ode"], load(), flush=True)
         tr = fl.simulate(p, flow, t1=t1, cost_target_relative=1e-10, max_condition=None,
                          check_finite=False, diagnostics=False, num_saves=4,
-                         solver="output_path")
+                         ode_solver="output_path")
         out["ode_path"] = {"compile_seconds": tr.compile_time, "seconds": tr.wall_time,
                            "stop": tr.stop_reason, "cost_ratio": float(tr.cost_final / tr.cost0),
                            "field_evals": int(tr.num_field_evals), "steps": int(tr.num_steps)}

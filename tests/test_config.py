@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from flowlab import SettingError
 from flowlab.cli import main
 from flowlab.integrate import IntegratorOptions
 from flowlab.study.config import ConfigError, apply_overrides, load_config, parse_config
@@ -84,7 +85,7 @@ def test_overrides_parse_toml_values(tmp_path):
         ("[flows.adapted]\nsolvr = 'qr'\n", "flows.adapted.solvr", ["flows.adapted.solver"]),
         ("[flows.x]\nkind = 'adaptd'\n", "flows.x.kind", ["'adapted'"]),
         ("[integrator]\nrtol = true\n", "integrator.rtol", ["positive number"]),
-        ("[integrator]\nsolver = 'rk4'\n", "integrator.solver", ["'tsit5'"]),
+        ("[integrator]\node_solver = 'rk4'\n", "integrator.ode_solver", ["'tsit5'"]),
         ("[integrator]\nsigma_min_tol = 'of'\n", "integrator.sigma_min_tol", ["or off"]),
         ("[integrator]\nt1 = 1.0\nts = [0.0, 2.0]\n", "integrator.ts", ["[0, t1 = 1.0]"]),
         ("[integrator]\nt1 = 'auto'\nts = [0.0, 2.0]\n", "integrator.ts", ["numeric integrator.t1"]),
@@ -131,3 +132,82 @@ def test_parsing_a_config_starts_no_jax_backend(tmp_path):
             f"load_config({path!r}); print(len(xb._backends))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0", out.stdout + out.stderr
+
+
+def test_the_old_integrator_key_solver_is_refused_by_name(tmp_path):
+    """`solver` is the flow's pseudo-inverse; the ODE solver is `ode_solver`. A config, an
+    override or a keyword that still says `solver` for the integrator fails, naming the new key."""
+    path = write(tmp_path, GOOD + "[integrator]\nsolver = 'tsit5'\n")
+    with pytest.raises(ConfigError, match=r"key 'integrator.solver': renamed.*'integrator.ode_solver'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="'integrator.ode_solver'"):
+        load_config(write(tmp_path, GOOD, "d.toml"), ["integrator.solver=tsit5"])
+    assert load_config(path.replace("c.toml", "d.toml"),
+                       ["integrator.ode_solver=tsit5"]).config["integrator"]["ode_solver"] == "tsit5"
+    with pytest.raises(TypeError, match="'solver' is now 'ode_solver'"):
+        IntegratorOptions.build(solver="tsit5")
+    # the flow's own `solver` keeps its meaning
+    assert load_config(write(tmp_path, GOOD.replace("[flows.adapted]", "[flows.adapted]\nsolver = 'qr'"),
+                             "e.toml")).config["flows"]["adapted"]["params"] == {"solver": "qr"}
+
+
+def test_setting_errors_carry_their_key():
+    """One vocabulary: the config schema and IntegratorOptions refuse with a SettingError that
+    names its key, what was expected and what was found; the config reads `.key`."""
+    from flowlab.study.config import SCHEMA
+
+    with pytest.raises(SettingError) as info:
+        SCHEMA["model"]["width"][0](-3, "model.width")
+    assert (info.value.key, info.value.expected, info.value.got) == (
+        "model.width", "an integer >= 1", -3)
+    with pytest.raises(SettingError) as info:
+        SCHEMA["sweep"]["width"][0]([8, "x"], "sweep.width")
+    assert info.value.key == "sweep.width" and "entry 1 is 'x' (str)" in info.value.expected
+    with pytest.raises(SettingError) as info:
+        IntegratorOptions(rtol=0.0)
+    assert (info.value.key, info.value.expected, info.value.got) == ("rtol", "a positive number", 0.0)
+    assert str(info.value) == "integrator setting rtol = 0.0: expected a positive number"
+    with pytest.raises(SettingError) as info:
+        IntegratorOptions.build(t1=1.0, ts=[0.0, 2.0])
+    assert info.value.key == "ts" and info.value.expected == "save times in [0, t1 = 1.0]"
+    with pytest.raises(SettingError) as info:
+        IntegratorOptions(backtracking=True, grid_search=10)
+    assert info.value.key == "grid_search" and "choose one line search" in str(info.value)
+    # a SettingError is a ValueError: callers that caught ValueError still do
+    assert issubclass(SettingError, ValueError)
+    # the config turns it into its ConfigError by the key, under its table
+    with pytest.raises(ConfigError) as info:
+        parse_config({"integrator": {"max_backtracks": 0}}, "inline")
+    assert info.value.key == "integrator.max_backtracks"
+    assert str(info.value) == ("inline: key 'integrator.max_backtracks': expected an integer >= 1, "
+                               "found 0 (int)")
+
+
+def test_config_builds_each_flow_once(monkeypatch):
+    """Each [flows.*] table is built once, while validating the config; the runner takes the
+    Study's objects (`make_flow`) instead of building them again."""
+    import flowlab as fl
+    from flowlab.flows import FLOWS
+    from flowlab.study.build import make_flow, make_options
+
+    built = []
+
+    class Counted(fl.GradientFlow):
+        def __check_init__(self):
+            built.append(self)
+
+    monkeypatch.setitem(FLOWS, "counted", Counted)
+    raw = {"model": {"width": 4}, "sweep": {"width": [4, 8], "seeds": 2},
+           "flows": {"a": {"kind": "counted"}, "b": {"kind": "counted"}, "adapted": {}}}
+    study = parse_config(raw, "inline")
+    assert len(built) == 2
+    assert set(study.flows) == {"a", "b", "adapted"}
+    assert isinstance(study.flows["adapted"], fl.AdaptedFlow)
+    for cell in expand_grid(study):
+        assert make_flow(study, cell.values["flow"]) is study.flows[cell.values["flow"]]
+        make_options(study, cell.values, 0.5)
+    assert len(built) == 2
+    # the built objects are no part of the config's plain data or fingerprint
+    assert study.as_dict()["flows"]["a"] == {"kind": "counted", "params": {}}
+    again = parse_config(raw, "inline")
+    assert again.fingerprint() == study.fingerprint() and again == study

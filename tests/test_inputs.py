@@ -62,6 +62,8 @@ def test_bad_numbers_are_refused(small):
             fl.simulate(small, flow, **kw)
     with pytest.raises(TypeError, match="unknown integrator setting.*'rtl'"):
         fl.simulate(small, flow, t1=1.0, rtl=1e-3)
+    with pytest.raises(TypeError, match="'solver' is now 'ode_solver'"):  # the ODE solver's old name
+        fl.simulate(small, flow, t1=1.0, solver="tsit5")
     with pytest.raises(ValueError, match="epsilon must be positive"):
         fl.theory.stopping_time(1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="theta0 must have shape"):
@@ -75,8 +77,8 @@ def test_unknown_names_are_refused(small):
         fl.MLP(2, 1, [4], "swish", key=jr.key(0))
     with pytest.raises(ValueError, match="unknown solver 'lu'"):
         fl.AdaptedFlow("lu")
-    with pytest.raises(ValueError, match="setting solver = 'rk4': expected one of .*'tsit5'"):
-        fl.simulate(small, fl.GradientFlow(), t1=1.0, solver="rk4")
+    with pytest.raises(ValueError, match="setting ode_solver = 'rk4': expected one of .*'tsit5'"):
+        fl.simulate(small, fl.GradientFlow(), t1=1.0, ode_solver="rk4")
     with pytest.raises(ValueError, match="unknown parametrization"):
         fl.MLP(2, 1, [4], parametrization="mup", key=jr.key(0))
     with pytest.raises(ValueError, match="needs damping > 0"):

@@ -31,7 +31,7 @@ def test_relu_ode_slides_on_a_kink_and_stops_by_name(relu_problem):
     pb, flow = relu_problem, fl.AdaptedFlow()
     assert pb.piecewise_smooth
     tr = fl.simulate(pb, flow, t1=20.0, cost_target_relative=1e-8, rtol=1e-10, atol=1e-10,
-                     solver="tsit5")
+                     ode_solver="tsit5")
     assert tr.stop_reason == "bound_violated" and int(tr.num_steps) < 5000
     theta = tr.theta_final
     model = pb.model(theta)
@@ -153,12 +153,12 @@ def test_float32_quickstart_reaches_its_target(tmp_path):
 def test_output_path_needs_a_flow_with_one(relu_problem):
     """Only a flow that fixes X*(s) a priori can be followed by Gauss–Newton onto it."""
     with pytest.raises(ValueError, match="no a priori output path"):
-        fl.simulate(relu_problem, fl.GradientFlow(), t1=1.0, solver="output_path")
+        fl.simulate(relu_problem, fl.GradientFlow(), t1=1.0, ode_solver="output_path")
     small = fl.LeastSquaresProblem(fl.MLP(2, 1, (2,), "relu", key=jr.key(0)),
                                    fl.smooth_regression(jr.key(0), 16, 2))
     assert not small.overparametrised
     with pytest.raises(ValueError, match="no a priori output path"):
-        fl.simulate(small, fl.AdaptedFlow(), t1=1.0, solver="output_path")
+        fl.simulate(small, fl.AdaptedFlow(), t1=1.0, ode_solver="output_path")
 
 
 def test_guard_singular_value_estimates():

@@ -6,14 +6,16 @@ arrays once resolved (traced: changing them does not recompile); switches are st
 """
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .._checks import Check, SettingError
 
 #: 'auto' dtmin for activations with kinks, relative to t1, for flows integrated by an ODE solver
 #: (the adapted flow follows its output path instead): without it the controller shrinks the step
@@ -31,29 +33,16 @@ EXPLICIT_SOLVERS = ("bosh3", "dopri5", "dopri8", "euler", "heun", "tsit5")
 IMPLICIT_SOLVERS = ("kvaerno3", "kvaerno5")
 #: 'output_path' follows a flow's a priori output trajectory (OutputPathSolver, MATH §9);
 #: 'auto' picks it for activations with kinks where the flow has one, tsit5 otherwise.
-SOLVER_NAMES = ("auto", "output_path", *EXPLICIT_SOLVERS, *IMPLICIT_SOLVERS)
+ODE_SOLVER_NAMES = ("auto", "output_path", *EXPLICIT_SOLVERS, *IMPLICIT_SOLVERS)
 
-
-@dataclasses.dataclass(frozen=True)
-class Check:
-    """A value check: `parse(value)` returns the value or raises ValueError; `expected` says what
-    is accepted (used verbatim in config errors)."""
-
-    expected: str
-    parse: Callable[[Any], Any]
-    optional: bool = False
-
-    def __call__(self, value):
-        if value is None:
-            if self.optional:
-                return None
-            raise ValueError(f"expected {self.expected}, got None")
-        return self.parse(value)
+#: Settings that were renamed: old name -> new name. `solver` was the ODE solver, a word the
+#: flows use for the pseudo-inverse (`AdaptedFlow(solver=...)`).
+RENAMED_SETTINGS = {"solver": "ode_solver"}
 
 
 def _number(v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise ValueError
+        raise TypeError
     v = float(v)
     if not math.isfinite(v):
         raise ValueError
@@ -85,21 +74,21 @@ def _integer(lo):
 
 def _boolean(v):
     if not isinstance(v, (bool, np.bool_)):
-        raise ValueError
+        raise TypeError
     return bool(v)
 
 
-def _solver(v):
-    if v not in SOLVER_NAMES:
+def _ode_solver(v):
+    if v not in ODE_SOLVER_NAMES:
         raise ValueError
     return v
 
 
 def _times(v):
     if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray)):
-        raise ValueError
+        raise TypeError
     ts = tuple(_number(x) for x in np.asarray(v, dtype=object).ravel())
-    if len(ts) < 2 or ts[0] < 0 or any(b <= a for a, b in zip(ts, ts[1:])):
+    if len(ts) < 2 or ts[0] < 0 or any(b <= a for a, b in itertools.pairwise(ts)):
         raise ValueError
     return ts
 
@@ -121,7 +110,7 @@ COUNT = Check("an integer >= 1", _integer(1))
 OPTIONAL_COUNT = Check("an integer >= 1, or off", _integer(1), optional=True)
 SAVES = Check("an integer >= 2", _integer(2))
 BOOL = Check("true or false", _boolean)
-SOLVER = Check(f"one of {list(SOLVER_NAMES)}", _solver)
+ODE_SOLVER = Check(f"one of {list(ODE_SOLVER_NAMES)}", _ode_solver)
 TIMES = Check("a list of >= 2 increasing times >= 0, or off", _times, optional=True)
 AUTO_OR_POSITIVE = Check("a positive number, 'auto' or off", _condition, optional=True)
 BATCHING = Check("one of ['auto', 'vmap', 'map']", lambda v: _choice(v, ("auto", "vmap", "map")))
@@ -139,7 +128,8 @@ def setting(default, doc: str, check: Check, *, static: bool = False, config: bo
 class IntegratorOptions(eqx.Module):
     """How to integrate a flow: by diffrax (`simulate`) or by Euler steps (`euler_steps`).
 
-    Build with keywords (each checked here, with a ValueError naming the setting) or
+    Build with keywords (each checked here: a `SettingError`, a ValueError, carries the
+    setting's name as `.key`) or
     `IntegratorOptions().replace(**changes)`; `resolve(problem, flow)` turns it into the form
     the compiled solve takes. `fields()` lists the settings with their docs.
     """
@@ -155,7 +145,7 @@ class IntegratorOptions(eqx.Module):
         "'output_path': Gauss–Newton steps onto the flow's a priori output trajectory "
         "X*(s) (the adapted flow at full rank), exact in X and indifferent to kinks; 'auto': "
         "output_path for activations with kinks where the flow has one, tsit5 otherwise",
-        SOLVER, static=True)
+        ODE_SOLVER, static=True)
     rtol: float = setting(1e-8, "relative tolerance of the PID step-size controller", POSITIVE)
     atol: float = setting(1e-8, "absolute tolerance of the PID step-size controller", POSITIVE)
     dt0: float | None = setting(None, "first step (off: diffrax chooses)", OPTIONAL_POSITIVE)
@@ -224,24 +214,22 @@ class IntegratorOptions(eqx.Module):
     def __check_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if _resolved(value):
-                continue
-            try:
-                f.metadata["check"](value)
-            except (ValueError, TypeError):
-                raise ValueError(
-                    f"integrator setting {f.name} = {value!r}: expected "
-                    f"{f.metadata['check'].expected}") from None
+            if not _resolved(value):
+                f.metadata["check"](value, f.name, scope="integrator setting")
         searches = [name for name, on in (("backtracking", self.backtracking),
                                            ("grid_search", self.grid_search is not None),
                                            ("levenberg_marquardt", self.levenberg_marquardt))
                     if on]
         if len(searches) > 1:
-            raise ValueError(f"integrator settings {' and '.join(searches)}: choose one line "
-                             "search")
+            raise SettingError(
+                searches[1], f"not set together with {searches[0]} (choose one line search)",
+                getattr(self, searches[1]),
+                message=f"integrator settings {' and '.join(searches)}: choose one line search")
         if self.ts is not None and not _resolved(self.ts) and float(self.ts[-1]) > float(self.t1):
-            raise ValueError(f"integrator setting ts: save times must lie in [0, t1 = {self.t1}], "
-                             f"got up to {self.ts[-1]}")
+            raise SettingError(
+                "ts", f"save times in [0, t1 = {self.t1}]", self.ts,
+                message=f"integrator setting ts: save times must lie in [0, t1 = {self.t1}], "
+                        f"got up to {self.ts[-1]}")
 
     @classmethod
     def fields(cls) -> dict[str, dataclasses.Field]:
@@ -249,9 +237,19 @@ class IntegratorOptions(eqx.Module):
         return {f.name: f for f in dataclasses.fields(cls)}
 
     @classmethod
+    def renamed(cls) -> dict[str, str]:
+        """Settings that were renamed: old name -> new name (refused under the old one)."""
+        return dict(RENAMED_SETTINGS)
+
+    @classmethod
     def build(cls, options: "IntegratorOptions | None" = None, **changes) -> "IntegratorOptions":
         """`options` (default: the defaults) with `changes`; unknown names are a TypeError that
-        lists the settings."""
+        lists the settings (a renamed one names its new name)."""
+        renamed = sorted(set(changes) & set(RENAMED_SETTINGS))
+        if renamed:
+            raise TypeError("integrator setting(s) renamed: " + ", ".join(
+                f"{old!r} is now {RENAMED_SETTINGS[old]!r}" for old in renamed)
+                + " (a flow's pseudo-inverse solver stays AdaptedFlow(solver=...))")
         unknown = sorted(set(changes) - set(cls.fields()))
         if unknown:
             raise TypeError(f"unknown integrator setting(s) {unknown}; the settings are "
@@ -284,11 +282,11 @@ class IntegratorOptions(eqx.Module):
         batching = self.seed_batching
         if batching == "auto":
             batching = "map" if jax.default_backend() == "cpu" else "vmap"
-        solver = self.ode_solver
+        ode_solver = self.ode_solver
         has_path = flow.output_path(problem) is not None
-        if solver == "auto":
-            solver = "output_path" if problem.piecewise_smooth and has_path else "tsit5"
-        if solver == "output_path" and not has_path:
+        if ode_solver == "auto":
+            ode_solver = "output_path" if problem.piecewise_smooth and has_path else "tsit5"
+        if ode_solver == "output_path" and not has_path:
             raise ValueError(
                 f"integrator setting ode_solver = 'output_path': the {type(flow).__name__} on this "
                 "problem has no a priori output path (the adapted flow at full row rank with "
@@ -296,8 +294,8 @@ class IntegratorOptions(eqx.Module):
         dtmin = self.dtmin
         if dtmin == "auto":
             dtmin = (DTMIN_KINKS * float(self.t1)
-                     if problem.piecewise_smooth and solver != "output_path" else None)
-        num = lambda v: None if v is None else jnp.asarray(v, dtype)  # noqa: E731
+                     if problem.piecewise_smooth and ode_solver != "output_path" else None)
+        num = lambda v: None if v is None else jnp.asarray(v, dtype)
         # a tolerance below the dtype's resolution cannot be met: the step size would collapse
         # (float32 at the float64 default 1e-8 stalled at C/C0 ≈ 0.99)
         floor = TOLERANCE_EPS * float(jnp.finfo(dtype).eps)
@@ -310,7 +308,8 @@ class IntegratorOptions(eqx.Module):
             sigma_min_tol=num(self.sigma_min_tol), max_condition=num(max_condition),
             sufficient_decrease=num(self.sufficient_decrease),
             theta_norm_max=num(self.theta_norm_max), step_size=num(step),
-            bound_slack=num(bound_slack), seed_batching=batching, ode_solver=solver,
+            bound_slack=num(bound_slack), seed_batching=batching,
+            ode_solver=ode_solver,
             ts=jnp.asarray(self.save_times(), dtype),
         )
 

@@ -8,7 +8,6 @@ import jax.random as jr
 
 from .. import theory
 from ..data import GENERATORS, Dataset, load_csv, load_npz, train_test_split
-from ..flows import FLOWS
 from ..integrate import IntegratorOptions
 from ..losses import LOSSES
 from ..nets import MLP
@@ -116,21 +115,19 @@ def make_problem(study, model, dataset: Dataset) -> LeastSquaresProblem:
 
 
 def make_flow(study, name: str):
-    spec = study.config["flows"][name]
-    return FLOWS[spec["kind"]](**spec["params"])
-
+    """The flow of [flows.NAME], as the config built it (`Study.flows`)."""
+    return study.flows[name]
 
 
 def make_options(study, values: dict, kappa: float) -> IntegratorOptions:
-    """The cell's IntegratorOptions: the config's [integrator] settings, t1 = 'auto' resolved to
-    t1_factor·ln(1/ε)/(2κ), the a priori T_ε of the adapted flow, and the cell's step size."""
+    """The cell's IntegratorOptions: the config's (`Study.options`) with the cell's step size and
+    t1 = 'auto' resolved to t1_factor·ln(1/ε)/(2κ), the a priori T_ε of the adapted flow."""
     integ = study.config["integrator"]
-    settings = {k: integ[k] for k in IntegratorOptions.fields() if k in integ}
-    settings["step_size"] = values["step_size"]
+    changes = {"step_size": values["step_size"]}
     if integ["t1"] == "auto":
         eps = integ["cost_target_relative"] or study.config["analysis"]["epsilon"]
-        settings["t1"] = integ["t1_factor"] * theory.stopping_time(1.0, eps, kappa)
+        changes["t1"] = integ["t1_factor"] * theory.stopping_time(1.0, eps, kappa)
     if integ["method"] == "euler":
-        settings["t1"] = IntegratorOptions().t1  # unused by Euler steps
-        settings["ts"] = None
-    return IntegratorOptions.build(**settings)
+        changes["t1"] = IntegratorOptions().t1  # unused by Euler steps
+        changes["ts"] = None
+    return IntegratorOptions.build(study.options, **changes)

@@ -1,10 +1,11 @@
 """Study configs: TOML in, a validated plain-data `Study` out, with command-line overrides.
 
 A config names a dataset, a model, a loss (κ), the flows to compare (any entry of
-`flowlab.flows.FLOWS`, built as ``FLOWS[kind](**params)``), an integrator and a sweep grid.
-Every error names the file, the key, what was expected and what was found; unknown keys get a
-close-match suggestion. Nothing here creates a JAX array, so the CLI can still choose the
-precision after loading.
+`flowlab.flows.FLOWS`, built once as ``FLOWS[kind](**params)`` and kept in the Study), an
+integrator and a sweep grid. Every error names the file, the key, what was expected and what
+was found (value checks are `flowlab._checks.Check`s, as IntegratorOptions' are, and refuse
+with a `SettingError` carrying its key); unknown keys get a close-match suggestion. Nothing
+here creates a JAX array, so the CLI can still choose the precision after loading.
 """
 
 import copy
@@ -16,10 +17,19 @@ import json
 import math
 import os
 import tomllib
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .._checks import Check, SettingError
+
+if TYPE_CHECKING:
+    from ..flows import AbstractFlow
+    from ..integrate import IntegratorOptions
 
 __all__ = ["ConfigError", "Study", "apply_overrides", "load_config", "parse_config"]
+
+
+_CHECKED = object()  # ConfigError.from_setting: report the value the check saw
 
 
 class ConfigError(ValueError):
@@ -29,108 +39,113 @@ class ConfigError(ValueError):
         self.where, self.key = where, key
         super().__init__(f"{where}: key '{key}': {message}" if key else f"{where}: {message}")
 
+    @classmethod
+    def from_setting(cls, where: str, error: SettingError, prefix: str = "", *,
+                     found: Any = _CHECKED) -> "ConfigError":
+        """The ConfigError of a refused setting: its key (under `prefix`, e.g. 'integrator.'),
+        what it expected and what it found (`found`, where the config's own value differs from
+        the one checked, e.g. a list checked as a tuple)."""
+        found = error.got if found is _CHECKED else found
+        return cls(where, prefix + error.key,
+                   f"expected {error.expected}, found {_typename(found)}")
 
-# --- value checks -------------------------------------------------------------------------
+
+# --- value checks: `Check(expected, parse)`, refusing with SettingError ----------------------
 
 
 def _typename(v) -> str:
     return f"{v!r} ({type(v).__name__})"
 
 
-def _int(lo: int | None = None):
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, int):
-            return None, "an integer"
-        if lo is not None and v < lo:
-            return None, f"an integer >= {lo}"
-        return v, None
+def _int(lo: int | None = None) -> Check:
+    def parse(v):
+        if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
+            raise ValueError
+        return v
 
-    check.expected = f"an integer >= {lo}" if lo is not None else "an integer"
-    return check
+    return Check(f"an integer >= {lo}" if lo is not None else "an integer", parse)
 
 
-def _float(positive: bool = False, nonneg: bool = False, below_one: bool = False):
+def _float(positive: bool = False, nonneg: bool = False, below_one: bool = False) -> Check:
     want = "a positive number" if positive else "a number >= 0" if nonneg else "a number"
     if below_one:
         want += " < 1"
 
-    def check(v):
+    def parse(v):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return None, want
+            raise TypeError
         v = float(v)
         if not math.isfinite(v) or (positive and v <= 0) or (nonneg and v < 0) or (
             below_one and v >= 1
         ):
-            return None, want
-        return v, None
+            raise ValueError
+        return v
 
-    check.expected = want
-    return check
+    return Check(want, parse)
 
 
-def _str(choices: Callable[[], Sequence[str]] | Sequence[str] | None = None):
+def _str(choices: Callable[[], Sequence[str]] | Sequence[str] | None = None) -> Check:
     def options():
         return sorted(choices()) if callable(choices) else list(choices or [])
 
-    def check(v):
+    def parse(v):
         if not isinstance(v, str):
-            return None, "a string" + (f" (one of {options()})" if choices else "")
+            raise SettingError("", "a string" + (f" (one of {options()})" if choices else ""), v)
         if choices and v not in options():
             near = difflib.get_close_matches(v, options(), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
-            return None, f"one of {options()}{hint}"
-        return v, None
+            raise SettingError("", f"one of {options()}{hint}", v)
+        return v
 
-    check.expected = "a string"
-    return check
+    return Check("a string", parse)
 
 
-def _bool(v):
+def _boolean(v):
     if not isinstance(v, bool):
-        return None, "true or false"
-    return v, None
+        raise TypeError
+    return v
 
 
-_bool.expected = "true or false"
+_bool = Check("true or false", _boolean)
 
 
-def _either(*checks, expected: str):
-    def check(v):
-        for c in checks:
-            out, err = c(v)
-            if err is None:
-                return out, None
-        return None, expected
+def _either(*checks: Check, expected: str) -> Check:
+    def parse(v):
+        for check in checks:
+            try:
+                return check(v)
+            except SettingError:
+                continue
+        raise ValueError
 
-    check.expected = expected
-    return check
-
-
-def _literal(*values):
-    def check(v):
-        if v in values and isinstance(v, str):
-            return v, None
-        return None, f"one of {list(values)}"
-
-    return check
+    return Check(expected, parse)
 
 
-def _list_of(item, min_len: int = 1):
-    def check(v):
+def _literal(*values) -> Check:
+    def parse(v):
+        if not (isinstance(v, str) and v in values):
+            raise ValueError
+        return v
+
+    return Check(f"one of {list(values)}", parse)
+
+
+def _list_of(item: Check, min_len: int = 1) -> Check:
+    def parse(v):
         if not isinstance(v, list):
-            return None, f"a list of {item.expected}"
+            raise TypeError
         if len(v) < min_len:
-            return None, f"a list with at least {min_len} entries"
+            raise SettingError("", f"a list with at least {min_len} entries", v)
         out = []
         for i, x in enumerate(v):
-            y, err = item(x)
-            if err is not None:
-                return None, f"a list of {err} (entry {i} is {_typename(x)})"
-            out.append(y)
-        return out, None
+            try:
+                out.append(item(x))
+            except SettingError as e:
+                raise SettingError("", f"a list of {e.expected} (entry {i} is {_typename(x)})",
+                                   v) from None
+        return out
 
-    check.expected = f"a list of {item.expected}"
-    return check
+    return Check(f"a list of {item.expected}", parse)
 
 
 def _activations():
@@ -193,19 +208,9 @@ def _check_pde(where, config):
 
 # --- the schema ---------------------------------------------------------------------------
 
-def _setting(check):
+def _setting(check: Check) -> Check:
     """A config check from an IntegratorOptions setting's Check; optional settings take 'off'."""
-
-    def parse(v):
-        if check.optional and v == "off":
-            return None, None
-        try:
-            return check(v), None
-        except (ValueError, TypeError):
-            return None, check.expected
-
-    parse.expected = check.expected
-    return parse
+    return Check(check.expected, lambda v: None if check.optional and v == "off" else check(v))
 
 
 def _integrator_schema() -> dict:
@@ -224,25 +229,28 @@ def _integrator_schema() -> dict:
 
 
 def _check_options(where, config):
-    """Build the IntegratorOptions once, so that settings that contradict each other (ts beyond
-    t1) are caught here."""
+    """The study's IntegratorOptions, built once from [integrator] (t1 = 'auto' left at its
+    default: each cell sets it), so that settings that contradict each other (ts beyond t1) are
+    caught here; the runner builds each cell's options from these."""
     from ..integrate import IntegratorOptions
 
     integ = config["integrator"]
+    if integ["ts"] is not None:
+        integ["ts"] = list(integ["ts"])  # plain data (the check returns a tuple)
     settings = {k: v for k, v in integ.items() if k in IntegratorOptions.fields() and k != "t1"}
     if integ["t1"] != "auto":
         settings["t1"] = integ["t1"]
     elif settings.get("ts") is not None:
         raise ConfigError(where, "integrator.ts", "explicit save times need a numeric integrator.t1")
     try:
-        IntegratorOptions.build(**settings)
-    except ValueError as e:
-        key = next((k for k in settings if f"setting {k} " in str(e) or f"setting {k}:" in str(e)), "")
-        raise ConfigError(where, f"integrator.{key}" if key else "integrator", str(e)) from None
-    if integ["ts"] is not None:
-        integ["ts"] = list(integ["ts"])
+        options = IntegratorOptions.build(**settings)
+    except SettingError as e:
+        found = integ.get(e.key, e.got)
+        raise ConfigError.from_setting(where, e, "integrator.", found=found) from None
+    return options
 
-SCHEMA: dict[str, dict[str, tuple[Callable, Any]]] = {
+
+SCHEMA: dict[str, dict[str, tuple[Check | None, Any]]] = {
     "": {
         "name": (_str(), None),
         "description": (_str(), ""),
@@ -320,10 +328,21 @@ def _unknown(where, key, allowed):
     return ConfigError(where, key, f"unknown key{hint} (allowed: {sorted(allowed)})")
 
 
+def _renamed() -> dict[str, str]:
+    """Config keys that were renamed: old dotted key -> new dotted key."""
+    from ..integrate import IntegratorOptions
+
+    return {f"integrator.{old}": f"integrator.{new}"
+            for old, new in IntegratorOptions.renamed().items()}
+
+
 def _check_table(where, section, raw, spec) -> dict:
     out = {}
     for key, value in raw.items():
         full = f"{section}.{key}" if section else key
+        if full in _renamed():
+            raise ConfigError(where, full, f"renamed: this is now '{_renamed()[full]}' (the ODE "
+                              "solver; a flow's pseudo-inverse stays flows.NAME.solver)")
         if key not in spec:
             raise _unknown(where, full, spec)
         check, _ = spec[key]
@@ -335,10 +354,10 @@ def _check_table(where, section, raw, spec) -> dict:
                                   f"found {_typename(value)}")
             out[key] = dict(value)
             continue
-        v, err = check(value)
-        if err is not None:
-            raise ConfigError(where, full, f"expected {err}, found {_typename(value)}")
-        out[key] = v
+        try:
+            out[key] = check(value, full)
+        except SettingError as e:
+            raise ConfigError.from_setting(where, e) from None
     for key, (_, default) in spec.items():
         out.setdefault(key, copy.deepcopy(default))
     return out
@@ -369,21 +388,25 @@ def _plain(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
-def _check_flows(where, raw) -> dict:
+def _check_flows(where, raw) -> tuple[dict, dict]:
+    """The [flows.*] tables as plain specs {name: {kind, params}}, and each flow built once from
+    its spec ({name: FLOWS[kind](**params)}): the runner uses these objects."""
     if raw is None:
         raw = {"adapted": {}, "standard": {}}
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(where, "flows", f"expected a non-empty table of flows, found {_typename(raw)}")
     registry = _flow_registry()
-    out = {}
+    out, built = {}, {}
     for name, spec in raw.items():
         key = f"flows.{name}"
         if not isinstance(spec, dict):
             raise ConfigError(where, key, f"expected a table (kind = ..., parameters), found {_typename(spec)}")
         kind = spec.get("kind", name)
-        _, err = _FLOW_KIND(kind)
-        if err is not None:
-            raise ConfigError(where, f"{key}.kind", f"expected a registered flow, {err}, found {_typename(kind)}")
+        try:
+            _FLOW_KIND(kind, f"{key}.kind")
+        except SettingError as e:
+            raise ConfigError(where, e.key, f"expected a registered flow, {e.expected}, "
+                              f"found {_typename(kind)}") from None
         allowed = _init_params(registry[kind])
         params = {}
         for p, value in spec.items():
@@ -393,11 +416,11 @@ def _check_flows(where, raw) -> dict:
                 raise _unknown(where, f"{key}.{p}", list(allowed) + ["kind"])
             params[p] = _check_scalar_param(where, f"{key}.{p}", value)
         try:
-            registry[kind](**params)
+            built[name] = registry[kind](**params)
         except (TypeError, ValueError) as e:
             raise ConfigError(where, key, f"the {kind!r} flow rejects these parameters: {e}") from None
         out[name] = {"kind": kind, "params": params}
-    return out
+    return out, built
 
 
 def _check_generator_params(where, data):
@@ -441,11 +464,18 @@ def _data_file_sha256(where, data, precision) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Study:
-    """A validated config: plain nested dicts, JSON-serialisable (`as_dict`)."""
+    """A validated config: plain nested dicts, JSON-serialisable (`as_dict`), and the objects
+    built from it while validating it, which the runner uses as they are: `flows` (name ->
+    flow, one per [flows.*] table) and `options` (the [integrator] IntegratorOptions, before
+    each cell's t1 and step size). Only `config` is compared, serialised and fingerprinted."""
 
     name: str
     source: str
     config: dict
+    flows: Mapping[str, "AbstractFlow"] = dataclasses.field(default_factory=dict, compare=False,
+                                                             repr=False)
+    options: "IntegratorOptions | None" = dataclasses.field(default=None, compare=False,
+                                                            repr=False)
 
     def as_dict(self) -> dict:
         return copy.deepcopy(self.config)
@@ -487,7 +517,7 @@ def parse_config(raw: dict, where: str = "<config>", name: str | None = None, ba
     for section, spec in SCHEMA.items():
         if section:
             config[section] = _check_table(where, section, raw.get(section, {}), spec)
-    config["flows"] = _check_flows(where, raw.get("flows"))
+    config["flows"], built_flows = _check_flows(where, raw.get("flows"))
     config["name"] = config["name"] or name or "study"
 
     data = config["data"]
@@ -523,22 +553,23 @@ def parse_config(raw: dict, where: str = "<config>", name: str | None = None, ba
     integ = config["integrator"]
     if config["analysis"]["epsilon"] is None:
         config["analysis"]["epsilon"] = integ["cost_target_relative"] or 1e-6
-    _check_options(where, config)
+    options = _check_options(where, config)
     if config["loss"]["kind"] != "squared" and config["loss"]["kappa"] != "1/N":
         raise ConfigError(where, "loss.kappa", "kappa applies to the squared loss; pass other losses' parameters in loss.params")
     if config["output"]["columns"] is not None:
         from .records import columns
 
-        known = [name for name, _ in columns()] + ["seeds"]
-        for name in config["output"]["columns"]:
-            if name not in known:
-                near = difflib.get_close_matches(name, known, n=1)
+        known = [column for column, _ in columns()] + ["seeds"]
+        for column in config["output"]["columns"]:
+            if column not in known:
+                near = difflib.get_close_matches(column, known, n=1)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
                 raise ConfigError(where, "output.columns", f"expected RunRecord fields, found "
-                                  f"{name!r}{hint}")
+                                  f"{column!r}{hint}")
     if config["output"]["dir"] is None:
         config["output"]["dir"] = os.path.join("runs", config["name"])
-    return Study(name=config["name"], source=where, config=config)
+    return Study(name=config["name"], source=where, config=config, flows=built_flows,
+                 options=options)
 
 
 class _Unreadable(ValueError):
