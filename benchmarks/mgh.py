@@ -2,7 +2,7 @@
 contender, against the high-precision references (issue 20's test set).
 
     python benchmarks/mgh.py [--problems a,b] [--scales 1,10,100] [--contenders a,b]
-                             [--num-steps 500] [--fresh]
+                             [--num-steps 500] [--fresh] [--markdown-only]
 
 Problems: the 35 of `flowlab.mgh.PROBLEMS` (MGH 1981, standard sizes), each posed by
 `flowlab.mgh.residual_problem(name, scale)` (θ = x, C = |F|²/2, float64) from θ0 = scale·x0.
@@ -267,8 +267,12 @@ def markdown(data) -> str:
         got = [by[(n, s, c)] for n, s in pairs if (n, s, c) in by]
         lines.append(f"| {c} | {sum(r['success'] for r in got)} | {len(got)} |")
     tg = targets(runs)
+    back = targets(runs, "gn_backtracking", "scipy_lm")
     lines += ["", "Pairs where scipy lm succeeds and GN+backtracking fails (targets for LM): "
               + (", ".join(f"{p} ({s:g}·x0)" for p, s in tg) or "none"), "",
+              "Pairs where GN+backtracking succeeds and scipy lm fails (an LM route must keep "
+              "these: 'nowhere worse than today's Gauss–Newton steps'): "
+              + (", ".join(f"{p} ({s:g}·x0)" for p, s in back) or "none"), "",
               "## Digits per problem, start and contender", "",
               "LRE of f where f* > 0 (bold: ≥ 6, a success); where f* = 0 the order of f (bold: "
               f"≤ {ZERO_FLOOR:g}); ° ended at another local minimum of the reference (or a value "
@@ -299,8 +303,10 @@ def markdown(data) -> str:
               "and 100·1 there); they are counted as given.",
               "- gulf 10·x0 = (50, 25, 1.5) is the minimiser; at 100·x0 every residual "
               "exp(−|y_i − x2|^{x3}/x1) underflows, J = 0 there (ResidualProblem check off).",
-              "- jennrich_sampson 100·x0: |F| ≈ 5e173, f = |F|² overflows float64; "
-              "C(θ0) = inf for flowlab (non_finite_start).",
+              "- jennrich_sampson 100·x0: |F| ≈ 5e173, so f = |F|² overflows float64: "
+              "C(θ0) = inf for flowlab (non_finite_start), while MINPACK works with |F| "
+              "(its overflow-safe enorm) and runs.",
+              "- euler_steps stop reason t1_reached = the step budget ran out.",
               "- linear_rank_1_zero: f1 = f_m = −1 are constant rows (check off).", ""]
     return "\n".join(lines)
 
@@ -315,6 +321,8 @@ def main(argv=None, contenders: dict[str, Callable] | None = None):
     ap.add_argument("--out", default=str(RESULTS / "mgh"), help="path prefix of .json/.md")
     ap.add_argument("--fresh", action="store_true", help="do not merge into an existing json")
     ap.add_argument("--reference", default=str(REFERENCE), help="the mgh_reference.json")
+    ap.add_argument("--markdown-only", action="store_true",
+                    help="rewrite the .md from the existing .json, run nothing")
     args = ap.parse_args(argv)
 
     import jax
@@ -341,6 +349,10 @@ def main(argv=None, contenders: dict[str, Callable] | None = None):
                          f"--problems {','.join(missing)}")
 
     out_json, out_md = Path(args.out + ".json"), Path(args.out + ".md")
+    if args.markdown_only:
+        out_md.write_text(markdown(json.loads(out_json.read_text())))
+        print(f"wrote {out_md}")
+        return
     runs = []
     if out_json.exists() and not args.fresh:
         runs = json.loads(out_json.read_text())["runs"]
@@ -370,6 +382,9 @@ def main(argv=None, contenders: dict[str, Callable] | None = None):
             "counts": {c: {"successes": k, "runs": t} for c, (k, t) in counts.items()},
             "targets_scipy_succeeds_gn_backtracking_fails": [
                 {"problem": p, "scale": s} for p, s in targets(runs)],
+            "gn_backtracking_succeeds_scipy_fails": [
+                {"problem": p, "scale": s} for p, s in targets(runs, "gn_backtracking",
+                                                                "scipy_lm")],
             "reference": [{k: ref[n][k] for k in ("name", "number", "f_star", "f_star_float",
                                                  "is_zero")} for n in ref],
             "runs": runs}
