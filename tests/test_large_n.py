@@ -45,7 +45,7 @@ def test_block_gram_is_rows_of_full_gram(two_outputs):
     theta = p.theta0 + 0.1 * jr.normal(jr.key(4), p.theta0.shape)
     g, transpose = AutoGram()(restrict(p, items), theta)
     d = jax.jacrev(p.outputs)(theta)
-    rows = (items[:, None] * 2 + jnp.arange(2)).reshape(-1)
+    rows = (items[:, None] * 2 + jnp.arange(2)[None, :]).reshape(-1)
     ref = d[rows] @ d[rows].T
     assert jnp.max(jnp.abs(g - ref)) <= 1e-12 * jnp.max(jnp.abs(ref))
     w = jr.normal(jr.key(5), (rows.shape[0],))

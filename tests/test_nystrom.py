@@ -46,7 +46,7 @@ def test_mlp_products_equal_the_dense_jacobian(q, use_bias, par):
         return pr.jvp(u), pr.vjp(w), pr.columns(examples), problem.jacobian(theta)
 
     du, dtw, cols, d = run(p, theta)
-    rows = (examples[:, None] * q + jnp.arange(q)).reshape(-1)
+    rows = (examples[:, None] * q + jnp.arange(q)[None, :]).reshape(-1)
     assert rel(du, d @ u) < 1e-12
     assert rel(dtw, d.T @ w) < 1e-12
     assert rel(cols, (d @ d.T)[:, rows]) < 1e-12
@@ -66,14 +66,14 @@ def test_nystrom_approximation_is_below_theta_and_exact_at_full_rank(sketch_kind
     n = gram.shape[0]
     lam_max = float(jnp.linalg.eigvalsh(gram)[-1])
 
-    def approx(l):
+    def approx(size):
         if sketch_kind == "columns":
-            idx = jnp.sort(jr.choice(jr.key(l), n, (l,), replace=False))
+            idx = jnp.sort(jr.choice(jr.key(size), n, (size,), replace=False))
             pre = nystrom_preconditioner(gram[:, idx], idx)
         else:
-            test, _ = jnp.linalg.qr(jr.normal(jr.key(l), (n, l)))
+            test, _ = jnp.linalg.qr(jr.normal(jr.key(size), (n, size)))
             pre = nystrom_preconditioner(gram @ test, test)
-        return pre, (pre.basis * pre.eigenvalues) @ pre.basis.T
+        return pre, (pre.basis * pre.eigenvalues[None, :]) @ pre.basis.T
 
     pre, hat = approx(10)
     gap = jnp.linalg.eigvalsh(gram - hat)
@@ -94,7 +94,7 @@ def test_preconditioner_formula_and_conditioning():
     idx = jnp.arange(n)
     pre = nystrom_preconditioner(gram, idx)
     u, lam, mu = pre.basis, pre.eigenvalues, pre.shift
-    formula = (lam[-1] + mu) * (u / (lam + mu)) @ u.T + jnp.eye(n) - u @ u.T
+    formula = (lam[-1] + mu) * (u / (lam + mu)[None, :]) @ u.T + jnp.eye(n) - u @ u.T
     as_matrix = jax.vmap(pre)(jnp.eye(n)).T
     assert rel(as_matrix, formula) < 1e-10
     eig = np.sort(np.linalg.eigvals(np.asarray(as_matrix @ gram)).real)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import flowlab as fl
-from flowlab.linalg import gram_matrix
 from flowlab import pde
+from flowlab.linalg import gram_matrix
 
 
 @pytest.fixture(scope="module")

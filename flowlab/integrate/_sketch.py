@@ -273,7 +273,7 @@ def predicted_contraction(problem, theta: Float[Array, " K"] | None = None, *, b
     kpart, _ = jr.split(key)
     blocks = block_partition(kpart, problem.num_points, block_size)
     q = problem.out_size
-    rows = (blocks[:, :, None] * q + jnp.arange(q)).reshape(blocks.shape[0], -1)
+    rows = (blocks[:, :, None] * q + jnp.arange(q)[None, None, :]).reshape(blocks.shape[0], -1)
     return _predicted(problem, gram, theta, rows, num_steps)
 
 

@@ -28,7 +28,7 @@ def mlp_backprop(model, inputs: Float[Array, "N M"]):
         hs.append(h)
         z = s * (h @ w.T)
         if model.biases is not None:
-            z = z + t * model.biases[i]
+            z = z + t * model.biases[i][None, :]
         zs.append(z)
         h = act(z)
     delta = jnp.broadcast_to(jnp.eye(q, dtype=inputs.dtype), (n, q, q))

@@ -53,7 +53,7 @@ def jacobian_products(problem, theta: Float[Array, " K"]) -> JacobianProducts:
             for i, ((s, t), h, delta) in enumerate(zip(scales, hs, deltas)):
                 z = s * (h @ tangent.weights[i].T)
                 if tangent.biases is not None:
-                    z = z + t * tangent.biases[i]
+                    z = z + t * tangent.biases[i][None, :]
                 out = out + jnp.einsum("iqm,im->iq", delta, z)
             return out.reshape(-1)
 
@@ -99,7 +99,7 @@ class NystromPreconditioner(eqx.Module):
         """U, the eigenvectors of Θ̂ (zero columns for dropped directions)."""
         kept = self.eigenvalues > 0
         scale = jnp.where(kept, 1.0 / jnp.sqrt(jnp.where(kept, self.squares, 1.0)), 0.0)
-        return (self.factor @ self.rotation) * scale
+        return (self.factor @ self.rotation) * scale[None, :]
 
     @property
     def rank(self) -> Int[Array, ""]:
@@ -118,22 +118,22 @@ def nystrom_preconditioner(
     Cholesky factor of ΩᵀY_ν, B = Y_ν L⁻ᵀ = U Σ Vᵀ (through the eigendecomposition of BᵀB,
     l × l), λ̂ = Σ² − ν; directions with Σ² ≤ max(ν, l·eps·Σ_1²) are dropped. μ defaults to the
     smallest kept λ̂."""
-    n, l = sketch.shape
+    n, size = sketch.shape
     dtype = sketch.dtype
     eps = jnp.finfo(dtype).eps
     if test.ndim == 1:
-        nu = n * eps * jnp.trace(sketch[test]) / l
-        sketch = sketch.at[test, jnp.arange(l)].add(nu)
+        nu = n * eps * jnp.trace(sketch[test]) / size
+        sketch = sketch.at[test, jnp.arange(size)].add(nu)
         core = sketch[test]
     else:
-        nu = n * eps * jnp.trace(test.T @ sketch) / l
+        nu = n * eps * jnp.trace(test.T @ sketch) / size
         sketch = sketch + nu * test
         core = test.T @ sketch
     factor = jnp.linalg.cholesky(0.5 * (core + core.T))
     b = jax.scipy.linalg.solve_triangular(factor, sketch.T, lower=True).T
     squares, vecs = jnp.linalg.eigh(b.T @ b)
     squares, vecs = squares[::-1], vecs[:, ::-1]
-    kept = squares > jnp.maximum(nu, l * eps * squares[0])
+    kept = squares > jnp.maximum(nu, size * eps * squares[0])
     eigenvalues = jnp.where(kept, squares - nu, 0.0)
     smallest = jnp.min(jnp.where(kept, eigenvalues, jnp.inf))
     mu = smallest if shift is None else jnp.asarray(shift, dtype)

@@ -305,7 +305,7 @@ class NystromSolver(AbstractDampedPinvSolver):
             count = min(max(1, self.rank // q), n_examples)
             examples = jnp.sort(jr.choice(key, n_examples, (count,), replace=False))
             sketch = products.columns(examples)
-            rows = (examples[:, None] * q + jnp.arange(q)).reshape(-1)
+            rows = (examples[:, None] * q + jnp.arange(q)[None, :]).reshape(-1)
             return nystrom_preconditioner(sketch, rows, shift)
         rank = min(self.rank, qn)
         test, _ = jnp.linalg.qr(jr.normal(key, (qn, rank), problem.theta0.dtype))
