@@ -22,7 +22,7 @@ from ..flows import AbstractFlow
 from ..geometry import path_lengths
 from ..integrate import FAILURES, STOP_REASONS, IntegratorOptions, Trajectory, resolved_cost
 from ..interpolation import segment_distance
-from ..linalg import is_mlp_problem, singular_values
+from ..linalg import singular_values
 from ..problem import AbstractProblem
 from .build import hidden_widths
 from .config import Study
@@ -115,8 +115,8 @@ def _ends(setup: CellSetup, tr: Trajectory) -> _Ends:
     sigma0, sigma1, grad_final, endpoint_error = (
         np.asarray(a) for a in _end_diagnostics(problem, setup.theta0, tr.theta_final,
                                                 flow.spectrum_route(problem)))
-    kinks = [np.asarray(a) for a in _kinks(problem, tr.theta_final)] if is_mlp_problem(
-        problem) else None
+    kinks = ([np.asarray(a) for a in _kinks(problem, tr.theta_final)] if problem.layerwise
+             else None)
     c_min = float(problem.loss.minimum(problem.targets))
     return _Ends(
         ts=np.asarray(tr.ts), cost=np.asarray(tr.cost), valid=np.asarray(tr.valid),
