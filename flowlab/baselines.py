@@ -49,7 +49,9 @@ from .integrate._euler import _search
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A named optimiser: `init(problem, θ0) -> state`, `step(problem, state) -> state`,
-    `theta(state)`, `done(state)` (a bool array: the method has terminated)."""
+    `theta(state)`, `done(state)` (a bool array: the method has terminated), `failed(state)`
+    (a bool array: a step failed, e.g. optimistix's linear solve; `until_done` stops there,
+    `run` goes on to the non-finite cost that usually follows)."""
 
     name: str
     settings: dict
@@ -57,6 +59,7 @@ class Method:
     step: Callable
     theta: Callable = lambda s: s[0]
     done: Callable = lambda s: jnp.asarray(False)
+    failed: Callable = lambda s: jnp.asarray(False)
 
 
 @dataclasses.dataclass
@@ -163,19 +166,20 @@ def _optimistix(name, solver, settings, jac, weighted) -> Method:
     def init(problem, theta):
         f_struct = jax.ShapeDtypeStruct((problem.num_outputs,), theta.dtype)
         state = solver.init(fn, theta, problem, options, f_struct, None, frozenset())
-        return theta, state, jnp.asarray(False)
+        return theta, state, jnp.asarray(False), jnp.asarray(False)
 
     def step(problem, s):
         # steps after termination (within a chunk) are taken and kept: at convergence they
-        # barely move θ, and `run` stops at the end of the chunk. A failed step (e.g. a failed
-        # linear solve) ends the run too, as it ends `optimistix.least_squares`.
-        theta, state, done = s
+        # barely move θ, and `run` stops at the end of the chunk
+        theta, state, done, failed = s
         y, state, _ = solver.step(fn, theta, problem, options, state, frozenset())
         stop, result = solver.terminate(fn, y, problem, options, state, frozenset())
-        return y, state, done | stop | (result != optx.RESULTS.successful)
+        return y, state, done | stop, failed | (result != optx.RESULTS.successful)
 
-    return Method(name, {**settings, "jac": jac, "weighted": weighted}, init, step,
-                  done=lambda s: s[2])
+    # the options in the settings only where they are not the defaults (tables label by them)
+    settings = {**settings, **({"jac": jac} if jac != "fwd" else {}),
+                **({"weighted": True} if weighted else {})}
+    return Method(name, settings, init, step, done=lambda s: s[2], failed=lambda s: s[3])
 
 
 def gauss_newton(rtol: float = 1e-12, atol: float = 1e-14,
@@ -193,7 +197,8 @@ def gauss_newton(rtol: float = 1e-12, atol: float = 1e-14,
     - `weighted`: solve for √κ·r (whose ½|·|² is C) instead of r (½|r|² = C/κ): the same
       minimiser; only the absolute tolerance reads differently.
 
-    **Returns:** the `Method` (`done` at optimistix's termination or a failed step).
+    **Returns:** the `Method` (`done` at optimistix's termination, `failed` at a step whose
+    result is not successful).
     """
     ls = lx.AutoLinearSolver(well_posed=None) if linear_solver is None else linear_solver
     return _optimistix("optx_gauss_newton", optx.GaussNewton(rtol, atol, linear_solver=ls),
@@ -208,7 +213,7 @@ def levenberg_marquardt(rtol: float = 1e-12, atol: float = 1e-14,
     default, `linear_solver=lineax.QR()`, optimistix's own). The other arguments as for
     `gauss_newton`.
 
-    **Returns:** the `Method` (`done` at optimistix's termination or a failed step).
+    **Returns:** the `Method` (`done` and `failed` as for `gauss_newton`).
     """
     ls = lx.QR() if linear_solver is None else linear_solver
     return _optimistix("optx_levenberg_marquardt",
@@ -292,8 +297,8 @@ def run(method: Method, problem, theta0=None, *, max_steps: int, chunk: int = 1,
 
 def until_done(method: Method, problem, max_steps: int) -> Callable[
         [Float[Array, " K"]], tuple[Float[Array, " K"], Int[Array, ""]]]:
-    """`method` stepped in one `while_loop` from θ0 until its own termination (`done`) or
-    `max_steps` steps: the form for a time-to-target race, to be compiled and timed by the
+    """`method` stepped in one `while_loop` from θ0 until its own termination (`done`), a
+    failed step (`failed`) or `max_steps` steps: the form for a time-to-target race, to be compiled and timed by the
     caller (`jax.jit(fn).lower(θ0).compile()`). For the optimistix methods this is the loop of
     `optimistix.least_squares(..., max_steps=max_steps, throw=False)`.
 
@@ -313,7 +318,8 @@ def until_done(method: Method, problem, max_steps: int) -> Callable[
 
         def cond(carry):
             dyn, i = carry
-            return ~method.done(eqx.combine(dyn, static)) & (i < max_steps)
+            state = eqx.combine(dyn, static)
+            return ~method.done(state) & ~method.failed(state) & (i < max_steps)
 
         def body(carry):
             dyn, i = carry

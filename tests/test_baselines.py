@@ -89,3 +89,19 @@ def test_adam_to_target_takes_the_steps_of_adam():
     per_step = bl.run(bl.adam(1e-2), p, max_steps=int(steps), chunk=1)
     assert per_step.cost[-1] == pytest.approx(float(cost), rel=1e-12)
     assert np.all(per_step.cost[:-1] > target)
+
+
+def test_until_done_stops_at_a_failed_step_as_optimistix_does():
+    """Plain Gauss–Newton from the README fit's start at width 16 (K = 337 > N = 64) leaves
+    for infinity and its step fails after a few steps: both loops stop there."""
+    data = fl.smooth_regression(jr.key(0), 64, in_size=2)
+    p = fl.LeastSquaresProblem(fl.MLP(2, 1, [16, 16], "tanh", key=jr.key(1)), data)
+    scale = math.sqrt(p.kappa)
+    sol = optx.least_squares(lambda th, a: scale * p.residual(th),
+                             optx.GaussNewton(rtol=1e-13, atol=1e-13), p.theta0,
+                             options={"jac": "bwd"}, max_steps=100, throw=False)
+    assert sol.result != optx.RESULTS.successful and int(sol.stats["num_steps"]) < 100
+    method = bl.gauss_newton(1e-13, 1e-13, jac="bwd", weighted=True)
+    theta, steps = jax.jit(bl.until_done(method, p, 100))(p.theta0)
+    assert int(steps) == int(sol.stats["num_steps"])
+    np.testing.assert_array_equal(np.isfinite(theta), np.isfinite(sol.value))
