@@ -23,6 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+from _common import compile_fn, machine, mlp_problem
+
+import flowlab as fl
+from flowlab import baselines as bl
+
 OUT = Path(__file__).resolve().parent / "results"
 EPS = 1e-10
 #: Adam's learning rates; the grid extends past the winner on both sides (1e-2 won a grid that
@@ -30,43 +37,9 @@ EPS = 1e-10
 ADAM_LRS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3)
 
 
-def adam_to_target(p, lr, target):
-    """(θ, step limit) -> (steps, cost): optax Adam in one jitted while loop that stops at
-    C ≤ target (the cost is that of the iterate before the last update: one forward pass saved
-    per step) or at the limit."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    opt = optax.adam(lr)
-
-    def run(theta, limit):
-        def cond(s):
-            return (s[3] > target) & (s[2] < limit)
-
-        def body(s):
-            th, st, i, _ = s
-            c, g = jax.value_and_grad(p.cost)(th)
-            up, st = opt.update(g, st, th)
-            return optax.apply_updates(th, up), st, i + 1, c
-
-        th, _, i, c = jax.lax.while_loop(cond, body, (theta, opt.init(theta), 0, p.cost(theta)))
-        met = c <= target
-        return jnp.where(met, jnp.maximum(i - 1, 0), i), jnp.where(met, c, p.cost(th))
-    return run
-
-
 def worker(rounds: int, quick: bool, precision: str) -> dict:
-    import jax
-
     jax.config.update("jax_enable_x64", precision == "float64")
-    import jax.numpy as jnp
-    import jax.random as jr
-
-    import flowlab as fl
-
-    data = fl.smooth_regression(jr.key(0), 64, 2)
-    p = fl.LeastSquaresProblem(fl.MLP(2, 1, (256, 256), "tanh", key=jr.key(1)), data)
+    p = mlp_problem(256, 64)
     theta0, c0 = p.theta0, float(p.cost(p.theta0))
     target = EPS * c0
     t_eps = math.log(1 / EPS) / (2 * p.kappa)
@@ -80,11 +53,8 @@ def worker(rounds: int, quick: bool, precision: str) -> dict:
                 "stop": tr.stop_reason}
 
     def adam_runner(lr):
-        run = adam_to_target(p, lr, target)
-
-        t = time.perf_counter()
-        compiled = jax.jit(run).lower(theta0, jnp.asarray(max_adam)).compile()
-        ctime = time.perf_counter() - t
+        compiled, ctime = compile_fn(bl.adam_to_target(p, lr, target), theta0,
+                                     jnp.asarray(max_adam))
 
         def call():
             t = time.perf_counter()
@@ -94,19 +64,9 @@ def worker(rounds: int, quick: bool, precision: str) -> dict:
         return call
 
     def gauss_newton():
-        import optimistix as optx
-
-        scale = math.sqrt(p.kappa)
-
-        def run(theta):
-            sol = optx.least_squares(lambda th, a: scale * p.residual(th),
-                                     optx.GaussNewton(rtol=1e-13, atol=1e-13), theta,
-                                     options={"jac": "bwd"}, max_steps=100, throw=False)
-            return sol.value, sol.stats["num_steps"]
-
-        t = time.perf_counter()
-        compiled = jax.jit(run).lower(theta0).compile()
-        ctime = time.perf_counter() - t
+        # optimistix.least_squares' loop on √κ·r (jac='bwd'), to its own termination
+        method = bl.gauss_newton(1e-13, 1e-13, jac="bwd", weighted=True)
+        compiled, ctime = compile_fn(bl.until_done(method, p, max_steps=100), theta0)
 
         def call():
             t = time.perf_counter()
@@ -153,25 +113,15 @@ def worker(rounds: int, quick: bool, precision: str) -> dict:
 def adam_float32(quick: bool) -> dict:
     """Adam in float32 (x64 off) from the same θ0, each lr of the grid, stopped at
     C ≤ 1e-10·C(0) or after 20 000 steps: compiled once, then timed once."""
-    import jax
-    import jax.numpy as jnp
-    import jax.random as jr
-
-    import flowlab as fl
-
-    data = fl.smooth_regression(jr.key(0), 64, 2)
-    p = fl.LeastSquaresProblem(fl.MLP(2, 1, (256, 256), "tanh", key=jr.key(1)), data)
+    jax.config.update("jax_enable_x64", False)
+    p = mlp_problem(256, 64)
     theta0 = p.theta0
     c0 = float(p.cost(theta0))
     target = jnp.asarray(EPS * c0, theta0.dtype)
     limit = 4000 if quick else 20000
     out = {}
     for lr in ADAM_LRS:
-        run = adam_to_target(p, lr, target)
-
-        t = time.perf_counter()
-        compiled = jax.jit(run).lower(theta0, limit).compile()
-        ctime = time.perf_counter() - t
+        compiled, ctime = compile_fn(bl.adam_to_target(p, lr, target), theta0, limit)
         t = time.perf_counter()
         steps, cost = jax.block_until_ready(compiled(theta0, limit))
         out[str(lr)] = {"seconds": time.perf_counter() - t, "compile": ctime,
@@ -228,6 +178,9 @@ def main(argv=None):
     ap.add_argument("--adam32-only", action="store_true",
                     help="rerun only Adam in float32, keeping the float64 rounds of the last run")
     args = ap.parse_args(argv)
+    # the float64 rounds (and this process) in float64, Adam's float32 worker in float32: set
+    # here, before any array is built (importing this module changes no JAX setting)
+    jax.config.update("jax_enable_x64", not args.adam32)
     if args.worker:
         print(json.dumps(worker(args.rounds, args.quick, "float64")))
         return
@@ -246,8 +199,6 @@ def main(argv=None):
                                "intra_op_parallelism_threads=1"}, check=False)
     adam32 = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
     load1 = os.getloadavg()
-    from run import machine  # here, not at the top: run.py turns on x64, the float32 worker must not
-
     md, rows = table(runs)
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "load_start": load0, "load_end": load1, "runs": runs, "rows": rows,

@@ -20,13 +20,11 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import jax.random as jr
+from _common import fmt_bytes, machine, memory_bytes, timeit
 
-jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
-import jax.random as jr  # noqa: E402
-
-import flowlab as fl  # noqa: E402
-from run import fmt_bytes, machine, memory_bytes, timeit  # noqa: E402
+import flowlab as fl
 
 ROOT = Path(__file__).resolve().parent
 
@@ -61,6 +59,7 @@ def main(argv=None):
     ap.add_argument("--skip", default="", help="comma list of strategy@N to skip, e.g. jacrev@256")
     ap.add_argument("--out", default=str(ROOT / "results"))
     args = ap.parse_args(argv)
+    jax.config.update("jax_enable_x64", True)  # before any array is built
     skip = set(filter(None, args.skip.split(",")))
     res = {"machine": machine(), "rows": []}
     for n in (int(v) for v in args.ns.split(",")):

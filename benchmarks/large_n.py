@@ -33,15 +33,13 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from _common import compile_fn, machine, matmul_rate, memory_bytes, timeit, xla_flops
 
-jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
-import jax.random as jr  # noqa: E402
-import numpy as np  # noqa: E402
-
-import flowlab as fl  # noqa: E402
-from flowlab.linalg import LayerwiseGram, NystromSolver, jacobian_products  # noqa: E402
-from run import compile_fn, machine, matmul_rate, memory_bytes, timeit, xla_flops  # noqa: E402
+import flowlab as fl
+from flowlab.linalg import LayerwiseGram, NystromSolver, jacobian_products
 
 ROOT = Path(__file__).resolve().parent
 
@@ -335,6 +333,7 @@ def main(argv=None):
                          "merge them "
                          "into the existing results file")
     args = ap.parse_args(argv)
+    jax.config.update("jax_enable_x64", True)  # before any array is built
     n = 1024 if args.quick else 4096
     big_n = args.big_n or (8192 if args.quick else 65536)
     out = Path(args.out)

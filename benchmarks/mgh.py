@@ -41,17 +41,19 @@ import argparse
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's flowlab
+
+from _common import machine
+
+from flowlab import baselines as bl
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
 REFERENCE = RESULTS / "mgh_reference.json"
@@ -111,26 +113,22 @@ def score(f: float, ref: dict) -> dict:
 
 
 def scipy_lm(problem):
-    """MINPACK's lmder through scipy.optimize.least_squares(method='lm'), Jacobian by
-    jax.jacfwd, tolerances 1e-15, max_nfev 20 000."""
-    import jax
+    """MINPACK's lmder through scipy.optimize.least_squares(method='lm')
+    (`flowlab.baselines.scipy_least_squares`), Jacobian by jax.jacfwd, tolerances 1e-15,
+    max_nfev 20 000."""
     import numpy as np
-    from scipy.optimize import least_squares
 
-    residual = lambda x: problem.residual(x)
-    fun = jax.jit(residual)
-    jac = jax.jit(jax.jacfwd(residual))
     x0 = np.asarray(problem.theta0, np.float64)
     try:
         with np.errstate(all="ignore"):
-            res = least_squares(lambda x: np.asarray(fun(x)), x0,
-                                jac=lambda x: np.asarray(jac(x)), method="lm", xtol=1e-15,
-                                ftol=1e-15, gtol=1e-15, max_nfev=SCIPY_MAX_NFEV)
+            run = bl.scipy_least_squares(problem, method="lm", jac_mode="fwd", xtol=1e-15,
+                                         ftol=1e-15, gtol=1e-15, max_nfev=SCIPY_MAX_NFEV)
     except Exception as e:
         return x0, {"stop_reason": f"error: {type(e).__name__}: {e}"[:120], "nfev": 0}
-    return res.x, {"iterations": int(res.njev or 0), "nfev": int(res.nfev),
-                   "njev": int(res.njev or 0), "stop_reason": f"status {res.status}: "
-                   f"{res.message}"[:120]}
+    info = run.info
+    return run.thetas[-1], {"iterations": int(info["njev"] or 0), "nfev": info["nfev"],
+                            "njev": int(info["njev"] or 0), "stop_reason": f"status "
+                            f"{info['status']}: {info['message']}"[:120]}
 
 
 def _euler(problem, **settings):
@@ -191,31 +189,6 @@ def run_one(spec, scale, name, fn, ref) -> dict:
     return row
 
 
-def machine() -> dict:
-    import jax
-    import scipy
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
-                              check=False).stdout.strip()
-
-    return {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "nproc": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
-            "python": platform.python_version(), "jax": jax.__version__,
-            "scipy": scipy.__version__, "git_commit": git("rev-parse", "HEAD"),
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "loadavg_start": list(os.getloadavg())}
-
-
 def _cell(row) -> str:
     if row is None:
         return ""
@@ -252,7 +225,8 @@ def markdown(data) -> str:
     pairs = [(n, s) for n in names for s in scales]
     lines = [
         "# Moré–Garbow–Hillstrom problems: digits of the minimum from x0, 10·x0, 100·x0", "",
-        f"- date: {meta['date_utc']}; machine: {meta['nproc']} cores, {meta['cpu']} "
+        f"- date: {meta['date_utc']}; machine: {meta.get('cores', meta.get('nproc'))} cores, "
+        f"{meta['cpu']} "
         f"({meta['platform']}); python {meta['python']}, jax {meta['jax']}, scipy "
         f"{meta['scipy']}",
         f"- git commit of the worktree: `{meta['git_commit']}`"
@@ -371,7 +345,7 @@ def main(argv=None, contenders: dict[str, Callable] | None = None):
     runs += list(new.values())
     order = {n: i for i, n in enumerate(mgh.PROBLEMS)}
     runs.sort(key=lambda r: (order.get(r["problem"], 99), r["scale"], r["contender"]))
-    meta = {**machine(), "command": "python benchmarks/mgh.py " + " ".join(
+    meta = {**machine(provenance=True), "command": "python benchmarks/mgh.py " + " ".join(
         sys.argv[1:] if argv is None else argv), "num_steps": NUM_STEPS}
     counts = {}
     for r in runs:

@@ -26,16 +26,14 @@ from pathlib import Path
 # 145 ms instead of 0.9 ms. One thread for every contender.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import jax  # noqa: E402
+import jax
+import jax.random as jr
+import numpy as np
+from _common import machine
 
-jax.config.update("jax_enable_x64", True)
-import jax.random as jr  # noqa: E402
-import numpy as np  # noqa: E402
-
-import flowlab as fl  # noqa: E402
-from flowlab import baselines as bl  # noqa: E402
-from flowlab import pde  # noqa: E402
-from run import machine  # noqa: E402
+import flowlab as fl
+from flowlab import baselines as bl
+from flowlab import pde
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -251,6 +249,7 @@ def main(argv=None):
     ap.add_argument("--from-json", action="store_true",
                     help="only remake the tables and figures from benchmarks/results/pinn_*.json")
     args = ap.parse_args(argv)
+    jax.config.update("jax_enable_x64", True)  # before any array is built
     out = ROOT / "experiments" / "pinn"
     out.mkdir(parents=True, exist_ok=True)
     res_dir = ROOT / "benchmarks" / "results"

@@ -23,17 +23,15 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import jax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from _common import machine
 
-jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
-import jax.random as jr  # noqa: E402
-import numpy as np  # noqa: E402
-
-import flowlab as fl  # noqa: E402
-from flowlab import baselines as bl  # noqa: E402
-from flowlab.data import train_test_split  # noqa: E402
-from run import machine  # noqa: E402
+import flowlab as fl
+from flowlab import baselines as bl
+from flowlab.data import train_test_split
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (1e-1, 1e-2, 1e-4, 1e-6, 1e-8)
@@ -155,6 +153,7 @@ def main(argv=None):
     ap.add_argument("--datasets", default="diabetes,digits")
     ap.add_argument("--adam-seconds", type=float, default=60.0)
     args = ap.parse_args(argv)
+    jax.config.update("jax_enable_x64", True)  # before any array is built
     res, text = {"machine": machine()}, []
     for name in args.datasets.split(","):
         start = time.perf_counter()

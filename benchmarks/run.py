@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,91 +30,28 @@ import time
 from pathlib import Path
 
 import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from _common import (
+    compile_fn,
+    fmt_bytes,
+    machine,
+    matmul_rate,
+    memory_bytes,
+    mlp_problem,
+    timeit,
+    xla_flops,
+)
 
 import flowlab as fl
+from flowlab import baselines as bl
 from flowlab.linalg import CGSolver, CholeskySolver, DenseGram, LayerwiseGram, ShardedGram
 
 GRID: dict = {}  # --widths / --ns / --strategies / --fit-* overrides
 MAX_SECONDS = 60.0
 MAX_BYTES = 4 * 2**30
 ROOT = Path(__file__).resolve().parent
-
-
-# ---------------------------------------------------------------- helpers
-
-def machine() -> dict:
-    model = "unknown"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {
-        "cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "jax": jax.__version__,
-        "devices": [str(d) for d in jax.devices()], "backend": jax.default_backend(),
-        "loadavg_start": list(os.getloadavg()),
-        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-
-
-def timeit(fn, *args, min_total=1.0, max_reps=20):
-    """(min, median) seconds of fn(*args) after one warm-up call."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    while len(times) < max_reps and (sum(times) < min_total or len(times) < 3):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-        if times[-1] > 5.0:
-            break
-    return min(times), float(np.median(times))
-
-
-def compile_fn(fn, *args):
-    t = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    return compiled, time.perf_counter() - t
-
-
-def memory_bytes(compiled) -> int | None:
-    try:
-        m = compiled.memory_analysis()
-        return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-                   - m.alias_size_in_bytes)
-    except Exception:  # noqa: BLE001 (best effort: not every backend reports it)
-        return None
-
-
-def xla_flops(compiled) -> float | None:
-    try:
-        ca = compiled.cost_analysis()
-        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-        return float(ca.get("flops", math.nan))
-    except Exception:  # noqa: BLE001 (best effort: not every backend reports it)
-        return None
-
-
-def matmul_rate(n=1024) -> float:
-    """FLOP/s of a float64 n×n matmul on this machine now."""
-    a = jr.normal(jr.key(0), (n, n))
-    b = jr.normal(jr.key(1), (n, n))
-    f, _ = compile_fn(lambda x, y: x @ y, a, b)
-    best, _ = timeit(f, a, b)
-    return 2 * n**3 / best
-
-
-def mlp_problem(width, n, depth=2, activation="tanh", seed=0, in_size=2):
-    data = fl.smooth_regression(jr.key(seed), n, in_size=in_size)
-    model = fl.MLP(in_size, 1, [width] * depth, activation, key=jr.key(seed + 1))
-    return fl.LeastSquaresProblem(model, data)
 
 
 # ---------------------------------------------------------------- (a) field
@@ -279,15 +215,13 @@ def bench_fit(quick, methods=FIT_METHODS):
 
 
 def _adam(p, theta0, target, c0, quick, add):
-    from fair_fit import adam_to_target
-
     max_steps = 5000 if quick else 20_000
     results = []
     cap = max_steps
     # largest lr first; a smaller lr is only "best" if it needs fewer steps (same cost per
     # step), so it is capped at the best step count so far
     for lr in (1e-2, 3e-3, 1e-3):
-        run = adam_to_target(p, lr, target)
+        run = bl.adam_to_target(p, lr, target)
         limit = jnp.asarray(cap)
         compiled, ctime = compile_fn(run, theta0, limit)
         t = time.perf_counter()
@@ -307,21 +241,12 @@ def _adam(p, theta0, target, c0, quick, add):
 
 
 def _optimistix(p, theta0, c0, add):
-    import optimistix as optx
-
-    scale = math.sqrt(p.kappa)
-
-    def fn(th, args):
-        return scale * p.residual(th)
-
-    for name, solver in (("optimistix GaussNewton", optx.GaussNewton(rtol=1e-13, atol=1e-13)),
-                         ("optimistix LevenbergMarquardt",
-                          optx.LevenbergMarquardt(rtol=1e-13, atol=1e-13))):
-        def run(theta, solver=solver):
-            sol = optx.least_squares(fn, solver, theta, options={"jac": "bwd"}, max_steps=100,
-                                     throw=False)
-            return sol.value, sol.stats["num_steps"]
-
+    for name, method in (
+            ("optimistix GaussNewton", bl.gauss_newton(1e-13, 1e-13, jac="bwd", weighted=True)),
+            ("optimistix LevenbergMarquardt",
+             bl.levenberg_marquardt(1e-13, 1e-13, jac="bwd", weighted=True))):
+        # optimistix.least_squares' loop on √κ·r, to its own termination or 100 steps
+        run = bl.until_done(method, p, max_steps=100)
         try:
             compiled, ctime = compile_fn(run, theta0)
             t = time.perf_counter()
@@ -337,32 +262,14 @@ def _optimistix(p, theta0, c0, add):
 
 
 def _scipy(p, theta0, target, c0, quick, add):
-    from scipy.optimize import least_squares
-
-    scale = math.sqrt(p.kappa)
-    fun = jax.jit(lambda th: scale * p.residual(th))
-    jac = jax.jit(lambda th: scale * p.jacobian(th, "rev"))
-    x0 = np.asarray(theta0)
-    np.asarray(fun(x0)), np.asarray(jac(x0))  # compile outside the timing
     cap = 30.0 if quick else 120.0
-    state = {"nfev": 0, "hit": None}
-
-    def f(x):
-        state["nfev"] += 1
-        return np.asarray(fun(x))
-
-    def callback(intermediate_result):
-        if intermediate_result.cost <= target:
-            raise StopIteration
-        if time.perf_counter() - state["start"] > cap:
-            raise StopIteration
-
-    state["start"] = time.perf_counter()
-    res = least_squares(f, x0, jac=lambda x: np.asarray(jac(x)), method="trf", ftol=1e-15,
-                        xtol=1e-15, gtol=1e-15, max_nfev=2000, callback=callback)
-    secs = time.perf_counter() - state["start"]
-    add("scipy least_squares trf (jax jac)", secs, state["nfev"], float(res.cost) / c0, None,
-        f"status {res.status}, njev {res.njev}, capped at {cap:.0f} s")
+    # on √κ·r (scipy's cost is C), Jacobian by reverse passes; compiled before the timing
+    r = bl.scipy_least_squares(p, theta0, method="trf", jac_mode="rev", weighted=True,
+                               ftol=1e-15, xtol=1e-15, gtol=1e-15, max_nfev=2000,
+                               cost_target=target, max_seconds=cap)
+    add("scipy least_squares trf (jax jac)", float(r.seconds[-1]), r.info["nfev"],
+        float(r.cost[-1]) / c0, r.compile_seconds,
+        f"status {r.info['status']}, njev {r.info['njev']}, capped at {cap:.0f} s")
 
 
 # ---------------------------------------------------------------- (c) study
@@ -409,10 +316,6 @@ def bench_study(quick):
 
 
 # ---------------------------------------------------------------- report
-
-def fmt_bytes(b):
-    return "–" if b is None else f"{b / 2**20:.1f}"
-
 
 def markdown(res) -> str:
     m = res["machine"]
@@ -493,9 +396,10 @@ def main(argv=None):
     ap.add_argument("--fit-repeats", type=int, help="fit: best of this many runs (default 3)")
     ap.add_argument("--tag", default="", help="suffix of the result file names")
     args = ap.parse_args(argv)
+    # float64 unless --dtype float32: set here, before any array is built (importing this
+    # module changes no JAX setting)
+    jax.config.update("jax_enable_x64", args.dtype == "float64")
     GRID["max_seconds"] = args.max_seconds
-    if args.dtype == "float32":
-        jax.config.update("jax_enable_x64", False)
     if args.strategies:
         names = [s.strip() for s in args.strategies.split(",") if s.strip()]
         bad = set(names) - set(STRATEGIES) - set(EXTRA_STRATEGIES)

@@ -115,8 +115,8 @@ def _ends(setup: CellSetup, tr: Trajectory) -> _Ends:
     sigma0, sigma1, grad_final, endpoint_error = (
         np.asarray(a) for a in _end_diagnostics(problem, setup.theta0, tr.theta_final,
                                                 flow.spectrum_route(problem)))
-    kinks = [np.asarray(a) for a in _kinks(problem, tr.theta_final)] if (
-        problem.layerwise) else None
+    kinks = ([np.asarray(a) for a in _kinks(problem, tr.theta_final)] if problem.layerwise
+             else None)
     c_min = float(problem.loss.minimum(problem.targets))
     return _Ends(
         ts=np.asarray(tr.ts), cost=np.asarray(tr.cost), valid=np.asarray(tr.valid),
