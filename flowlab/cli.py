@@ -98,7 +98,10 @@ def cmd_run(args) -> int:
         paths = plot_run(store.path)
         print("figures:    " + ", ".join(p for p in paths if p.endswith(".png")))
     if not args.quiet and done:
-        print(table(aggregate(store.rows()), only=study.config["output"]["columns"]))
+        from .study.report import terminal_columns
+
+        print(table(aggregate(store.rows()),
+                    only=study.config["output"]["columns"] or terminal_columns(study.config)))
     for k, e in failed.items():
         print(f"cell {k} failed: {e}", file=sys.stderr)
     runs_failed = [r for r in store.rows() if r.get("failure")]

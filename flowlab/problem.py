@@ -159,6 +159,14 @@ class AbstractProblem(eqx.Module):
         """Whether X(θ) = (f_θ(x_j))_j for a flowlab.MLP f_θ: Θ can then be formed layer by
         layer from one forward/backward pass, without D (`flowlab.linalg.LayerwiseGram`)."""
 
+    @property
+    @abc.abstractmethod
+    def general_residual(self) -> bool:
+        """Whether r(θ) is a general residual (a PDE's, a classical model's) rather than a
+        network's outputs on data: its Euler steps take a line search by default
+        (`IntegratorOptions.grid_search = 'auto'`), since a full Gauss–Newton step far from a
+        solution can raise C by orders of magnitude (MATH §8)."""
+
     # --- sizes ---------------------------------------------------------------------------------
     @property
     def num_params(self) -> int:
@@ -304,6 +312,10 @@ class LeastSquaresProblem(AbstractProblem):
     @property
     def layerwise(self) -> bool:
         return isinstance(self.model_static, MLP)
+
+    @property
+    def general_residual(self) -> bool:
+        return False
 
 
 # --- residual problems ---------------------------------------------------------------------------
@@ -478,6 +490,10 @@ class ResidualProblem(AbstractProblem):
     @property
     def layerwise(self) -> bool:
         return False
+
+    @property
+    def general_residual(self) -> bool:
+        return True
 
     def group_rows(self, theta, group, items):
         if isinstance(self.residual_fn, PointwiseResidual):

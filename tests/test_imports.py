@@ -7,6 +7,7 @@ import pathlib
 import flowlab
 
 ROOT = pathlib.Path(flowlab.__file__).parent
+PACKAGE = ROOT
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -80,3 +81,15 @@ def test_no_import_circle():
 def test_the_circle_finder_finds_a_circle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_function_in_the_package_is_over_100_lines():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 100:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} "
+                                f"({length} lines)")
+    assert not long, long

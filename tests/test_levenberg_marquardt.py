@@ -71,7 +71,7 @@ def test_converges_where_full_gauss_newton_steps_diverge():
     p = fl.LeastSquaresProblem(fl.MLP(1, 1, [16], "tanh", key=jr.key(0)),
                                fl.Dataset(x, jnp.sin(8 * x)))
     settings = {"diagnostics": False, "max_condition": None, "cost_target_relative": 1e-12}
-    full = fl.euler_steps(p, fl.AdaptedFlow(), num_steps=40, **settings)
+    full = fl.euler_steps(p, fl.AdaptedFlow("cholesky"), num_steps=40, **settings)
     worst = np.asarray(full.cost / full.cost0)[np.asarray(full.valid)].max()
     assert not worst < 1e10  # inf or NaN count as diverged
     for solver in ("cholesky", fl.NystromSolver(rank=12, rtol=1e-12)):
@@ -89,7 +89,7 @@ def test_converges_where_full_gauss_newton_steps_diverge():
 
 
 def test_batched_seeds_run_their_own_damping(problem):
-    thetas = problem.theta0 + 0.1 * jr.normal(jr.key(5), (3, problem.num_params))
+    thetas = problem.theta0[None, :] + 0.1 * jr.normal(jr.key(5), (3, problem.num_params))
     tr = fl.euler_steps(problem, fl.AdaptedFlow(), thetas, num_steps=40,
                         levenberg_marquardt=True, cost_target_relative=1e-10, diagnostics=False)
     for b in range(3):

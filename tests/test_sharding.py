@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
     model = fl.MLP(2, 1, [8], "tanh", key=jr.key(0))
     x = jr.normal(jr.key(1), (4, 2))
     p = fl.LeastSquaresProblem(model, fl.Dataset(x, jnp.sin(x[:, :1])))
-    theta0 = p.theta0 + 0.1 * jr.normal(jr.key(2), (3, p.num_params))  # 3 seeds -> padded to 4
+    theta0 = p.theta0[None, :] + 0.1 * jr.normal(jr.key(2), (3, p.num_params))  # 3 seeds -> padded to 4
     flow = fl.AdaptedFlow()
     kw = dict(t1=2.0, num_saves=5, diagnostics=False)
     ref = fl.simulate(p, flow, theta0, **kw)

@@ -154,7 +154,9 @@ def test_auto_choices(wide):
     assert isinstance(auto_solver(wide, memory_budget_bytes=8 * 64), GramOrQRSolver)
     # underparametrised: QR of D
     under = mlp_problem(40, 1, [2], in_size=3, seed=2)
-    assert isinstance(resolve_solver("auto", under), QRSolver)
+    # underparametrised: the SVD of D with the auto cutoff (QR's result at full column rank)
+    svd = resolve_solver("auto", under)
+    assert isinstance(svd, SVDSolver) and svd.rcond == pytest.approx(2.2e-16 ** (2 / 3), rel=1e-2)
     # not an MLP: the blocked Gram, and LayerwiseGram refuses with a clear error
     model = _Quadratic(jnp.array([0.5, -1.0, 2.0]), jnp.array(0.3))
     x = jr.normal(jr.key(0), (2, 3))
@@ -207,14 +209,15 @@ def _ill_conditioned(cond=1e9, n=8, m=12):
 
 
 def test_auto_route_factorises_d_where_the_gram_cannot():
-    """cond(D) = 1e9: Θ = DDᵀ has cond 1e18 > 1/eps, so Cholesky of Θ is useless, while QR of
-    D resolves it. 'auto' takes QR there, matches the SVD solution, and the adapted flow runs
-    at 2κ instead of stopping at s = 0."""
+    """cond(D) = 1e9: Θ = DDᵀ has cond 1e18 > 1/eps, so Cholesky of Θ is useless, while the
+    SVD of D resolves it. 'auto' takes the SVD there, matches numpy's pseudo-inverse, and the
+    adapted flow runs at 2κ instead of stopping at s = 0; no rank guard by default."""
     problem = _ill_conditioned()
     theta, g = problem.theta0, problem.output_gradient(problem.outputs(problem.theta0))
     solver = resolve_solver("auto", problem)
     assert isinstance(solver, GramOrQRSolver)
-    assert fl.AdaptedFlow().default_max_condition(problem) == 1e10
+    assert isinstance(solver.fallback, SVDSolver)
+    assert fl.AdaptedFlow().resolve(problem).default_max_condition(problem) is None
 
     @eqx.filter_jit
     def solve(s):

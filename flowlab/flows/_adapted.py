@@ -33,19 +33,19 @@ class AdaptedFlow(AbstractFlow):
         if self.rcond is not None and (self.solver != "svd" or not 0 < self.rcond < 1):
             raise ValueError(f"rcond = {self.rcond!r} needs solver='svd' and 0 < rcond < 1")
 
-    def _solver(self, problem) -> AbstractPinvSolver:
+    def _solver(self, problem, smooth: bool = True) -> AbstractPinvSolver:
         # resolved once by `resolve`; a flow used directly is resolved at each call
         if isinstance(self.solver, AbstractPinvSolver):
             return self.solver
         if self.rcond is not None:
             return SVDSolver(rcond=float(self.rcond))
-        return resolve_solver(self.solver, problem)
+        return resolve_solver(self.solver, problem, smooth=smooth)
 
     def check(self, problem):
         self._solver(problem).check(problem)
 
-    def resolve(self, problem) -> "AdaptedFlow":
-        solver = self._solver(problem)
+    def resolve(self, problem, *, stepping: bool = False) -> "AdaptedFlow":
+        solver = self._solver(problem, smooth=not stepping)
         solver.check(problem)
         return AdaptedFlow(solver)
 
@@ -59,9 +59,12 @@ class AdaptedFlow(AbstractFlow):
         return self.velocity_and_result(problem, theta)[0]
 
     def velocity_and_result(self, problem, theta) -> tuple:
+        return self.velocity_details(problem, theta)[:2]
+
+    def velocity_details(self, problem, theta) -> tuple:
         g = problem.output_gradient(problem.outputs(theta))
-        v, result = self._solver(problem).solve(problem, theta, g)
-        return -v, result
+        v, result, full_rank = self._solver(problem).solve_with_rank(problem, theta, g)
+        return -v, result, full_rank
 
     def damped_velocity(self, problem, theta, damping) -> tuple:
         """θ' = −Dᵀ(Θ + λI)⁻¹∇_X C and the solve's result: linearised, output mode i contracts

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from ..linalg import auto_gram, singular_values
 from ..problem import SquaredLoss
@@ -49,14 +49,21 @@ class AbstractFlow(eqx.Module):
         to (`flowlab.integrate.from_linear_solve`, e.g. 'singular')."""
         return self.velocity(problem, theta), lx.RESULTS.successful
 
+    def velocity_details(self, problem, theta: Float[Array, " K"]
+                         ) -> tuple[Float[Array, " K"], lx.RESULTS, Bool[Array, ""]]:
+        """`velocity_and_result` and whether the solve behind θ' resolved D at full rank (True
+        for flows that invert nothing or need full rank). The ODE's rate-bound guard is armed
+        only while every solve so far did: the bound's premise (MATH §3)."""
+        return (*self.velocity_and_result(problem, theta), jnp.asarray(True))
+
     def __call__(self, t, theta, problem):
         return self.velocity(problem, theta)
 
-    def resolve(self, problem) -> "AbstractFlow":
+    def resolve(self, problem, *, stepping: bool = False) -> "AbstractFlow":
         """The flow with its 'auto' settings decided for `problem` (e.g. the pseudo-inverse
-        solver): called once per run by `simulate` and `euler_steps`, outside jit, so that
-        nothing is decided again at each evaluation. Checks the flow against the problem
-        (a ValueError where it cannot apply)."""
+        solver): called once per run by `simulate` and `euler_steps` (`stepping=True`),
+        outside jit, so that nothing is decided again at each evaluation. Checks the flow
+        against the problem (a ValueError where it cannot apply)."""
         self.check(problem)
         return self
 

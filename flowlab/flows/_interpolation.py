@@ -28,9 +28,10 @@ class InterpolationFlow(AbstractFlow):
                              f"{jnp.shape(self.outputs0)}")
         resolve_solver(self.solver, problem)
 
-    def resolve(self, problem) -> "InterpolationFlow":
+    def resolve(self, problem, *, stepping: bool = False) -> "InterpolationFlow":
         self.check(problem)
-        return InterpolationFlow(self.outputs0, resolve_solver(self.solver, problem))
+        return InterpolationFlow(self.outputs0,
+                                 resolve_solver(self.solver, problem, smooth=not stepping))
 
     def at_start(self, problem, theta0):
         if self.outputs0 is not None:

@@ -30,15 +30,16 @@ def initial_theta(problem, theta0) -> Float[Array, "*b K"]:
     return theta0
 
 
-def prepare(problem, flow, options, settings) -> tuple[AbstractFlow, IntegratorOptions]:
+def prepare(problem, flow, options, settings, *, stepping: bool = False
+            ) -> tuple[AbstractFlow, IntegratorOptions]:
     """The flow resolved for the problem once (`AbstractFlow.resolve`: its 'auto' settings
-    decided, checked) and the options of one call: `options` updated with keyword
-    `settings`."""
+    decided, checked; `stepping` for Euler steps) and the options of one call: `options`
+    updated with keyword `settings`."""
     if not isinstance(flow, AbstractFlow):
         raise TypeError(f"flow must be a flowlab flow (AbstractFlow), got {type(flow).__name__}")
     if options is not None and not isinstance(options, IntegratorOptions):
         raise TypeError(f"options must be an IntegratorOptions, got {type(options).__name__}")
-    return flow.resolve(problem), IntegratorOptions.build(options, **settings)
+    return flow.resolve(problem, stepping=stepping), IntegratorOptions.build(options, **settings)
 
 
 def over_seeds(fn, theta0, opts: IntegratorOptions):

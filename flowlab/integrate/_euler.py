@@ -209,7 +209,7 @@ def euler_steps(
     `ts` holds the accumulated Σ h_k, so the result compares directly with the flow at time s;
     `num_rejected_steps` counts step halvings. `shard` splits the seeds over devices as in
     `simulate`."""
-    flow, opts = prepare(problem, flow, options, settings)
+    flow, opts = prepare(problem, flow, options, settings, stepping=True)
     if opts.levenberg_marquardt:
         flow.check_damped(problem)
     theta0 = initial_theta(problem, theta0)

@@ -85,8 +85,11 @@ _ROOT_FINDER = _EventBisection(rtol=1e-12, atol=1e-9, flip=True)
 
 #: Guards in the order they name a stop when several trip in the same step.
 GUARD_ORDER = ("rank_loss", "theta_diverged", "singular", "non_finite_field", "bound_violated")
-#: The failures of the field that ride in the ODE state (see `_flagged_field`), one flag each.
+#: The failures of the field that ride in the ODE state (see `_flagged_field`), one flag each,
+#: and after them the flag of a solve that did not resolve D at full rank (not a failure: it
+#: disarms the rate-bound guard, whose premise is full rank).
 FIELD_FAILURES = ("singular", "non_finite_field")
+FIELD_FLAGS = (*FIELD_FAILURES, "rank_deficient")
 
 
 def _guards(problem, flow, t, theta, flags, cost0, opts: IntegratorOptions) -> dict:
@@ -96,8 +99,11 @@ def _guards(problem, flow, t, theta, flags, cost0, opts: IntegratorOptions) -> d
     if opts.bound_slack is not None:
         def bound_violated():
             bound = cost0 * jnp.exp(-flow.rate_bound(problem) * t)
-            return jnp.sqrt(problem.cost(theta)) > (
+            above = jnp.sqrt(problem.cost(theta)) > (
                 (1 + opts.bound_slack) * jnp.sqrt(bound) + jnp.sqrt(resolved_cost(problem, opts)))
+            if flags is None:
+                return above
+            return above & (flags[len(FIELD_FAILURES)] == 0)  # full rank at every solve so far
         out["bound_violated"] = bound_violated
     if opts.theta_norm_max is not None:
         out["theta_diverged"] = lambda: jnp.linalg.norm(theta) > opts.theta_norm_max
@@ -121,14 +127,15 @@ def _flagged_field(flow):
     """The field on y = (θ, φ), φ one flag per FIELD_FAILURES: θ' = 0 and φ_i' = 1 where the
     field fails that way, so φ_i > 0 after the step that met the failure. The check rides in
     the state instead of evaluating the field again per step; a failed linear solve is named
-    'singular' even where it also left θ' non-finite."""
+    'singular' even where it also left θ' non-finite. The last flag (FIELD_FLAGS) counts the
+    time spent where the solve did not resolve D at full rank."""
     def field(t, y, args):
-        v, result = flow.velocity_and_result(args, y[0])
+        v, result, full_rank = flow.velocity_details(args, y[0])
         stop = from_linear_solve(result)
         singular = stop == RESULTS.singular
         non_finite = ~singular & (~jnp.all(jnp.isfinite(v)) | (stop == RESULTS.non_finite_field))
         ok = ~(singular | non_finite)
-        flags = jnp.stack([singular, non_finite]).astype(v.dtype)
+        flags = jnp.stack([singular, non_finite, ~full_rank]).astype(v.dtype)
         return jnp.where(ok, v, 0.0), flags
     return diffrax.ODETerm(field)
 
@@ -160,10 +167,12 @@ def _events(problem, flow, theta0, cost0, target, theta_of, flags_of, y0, opts):
     return diffrax.Event(tuple(cond_fns), root_finder=root_finder), names
 
 
-def _stepping(problem, flow, cost0, target, opts):
-    """The diffrax solver and step-size controller."""
+def _stepping(problem, flow, cost0, target, opts, flagged=False):
+    """The diffrax solver and step-size controller (`flagged`: y = (θ, φ), and the step size
+    is controlled on θ alone: a flag switching on is no error of the solve)."""
+    norm = (lambda e: optx.rms_norm(e[0])) if flagged else optx.rms_norm
     controller = diffrax.PIDController(rtol=opts.rtol, atol=opts.atol, dtmin=opts.dtmin,
-                                       force_dtmin=opts.dtmin is not None)
+                                       force_dtmin=opts.dtmin is not None, norm=norm)
     if opts.ode_solver != "output_path":
         return make_solver(opts.ode_solver), controller
     # where Gauss–Newton cannot reach X*(s) even over a step of 1e-9·t1, X*(s) has left the
@@ -212,7 +221,7 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
     on_path = opts.ode_solver == "output_path"
     # (Gauss–Newton onto the output path checks its own iterates)
     if opts.check_finite and not on_path:
-        y0 = (theta0, jnp.zeros(len(FIELD_FAILURES), theta0.dtype))
+        y0 = (theta0, jnp.zeros(len(FIELD_FLAGS), theta0.dtype))
         term, theta_of, flags_of = _flagged_field(flow), (lambda y: y[0]), (lambda y: y[1])
     else:
         y0, term = theta0, diffrax.ODETerm(flow)
@@ -224,7 +233,8 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
 
     target = cost_target(opts, cost0)
     event, names = _events(problem, flow, theta0, cost0, target, theta_of, flags_of, y0, opts)
-    solver, controller = _stepping(problem, flow, cost0, target, opts)
+    solver, controller = _stepping(problem, flow, cost0, target, opts,
+                                   flagged=flags_of(y0) is not None)
     sol = diffrax.diffeqsolve(
         term, solver, t0=0.0, t1=opts.t1, dt0=opts.dt0, y0=y0, args=problem,
         saveat=diffrax.SaveAt(

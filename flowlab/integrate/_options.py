@@ -35,6 +35,11 @@ IMPLICIT_SOLVERS = ("kvaerno3", "kvaerno5")
 #: 'auto' picks it for activations with kinks where the flow has one, tsit5 otherwise.
 ODE_SOLVER_NAMES = ("auto", "output_path", *EXPLICIT_SOLVERS, *IMPLICIT_SOLVERS)
 
+#: 'auto' grid_search for general residual problems: ENGD's 30 halvings (Müller & Zeinhofer
+#: 2023), down to h·2^-29; on PINNs with a truncated pseudo-inverse it reached errors 1e-10 to
+#: 1e-13 where full steps diverge (benchmarks/defaults.py).
+AUTO_GRID_SEARCH = 30
+
 #: Settings that were renamed: old name -> new name. `solver` was the ODE solver, a word the
 #: flows use for the pseudo-inverse (`AdaptedFlow(solver=...)`).
 RENAMED_SETTINGS = {"solver": "ode_solver"}
@@ -107,6 +112,8 @@ POSITIVE = Check("a positive number", _positive)
 OPTIONAL_POSITIVE = Check("a positive number, or off", _positive, optional=True)
 OPTIONAL_FRACTION = Check("a number in (0, 1), or off", _fraction, optional=True)
 COUNT = Check("an integer >= 1", _integer(1))
+AUTO_OR_COUNT = Check("an integer >= 1, 'auto' or off",
+                      lambda v: v if v == "auto" else _integer(1)(v), optional=True)
 OPTIONAL_COUNT = Check("an integer >= 1, or off", _integer(1), optional=True)
 SAVES = Check("an integer >= 2", _integer(2))
 BOOL = Check("true or false", _boolean)
@@ -196,10 +203,13 @@ class IntegratorOptions(eqx.Module):
     sufficient_decrease: float | None = setting(
         None, "Armijo constant c of backtracking: accept h only when C(θ + hv) ≤ C(θ) + "
         "c·h·∂_vC(θ) (one jvp per step; off: any decrease)", OPTIONAL_FRACTION)
-    grid_search: int | None = setting(
-        None, "ENGD's line search for Euler steps: try h·2^-j, j = 0..n-1, and take the lowest "
+    grid_search: int | str | None = setting(
+        "auto", "ENGD's line search for Euler steps: try h·2^-j, j = 0..n-1, and take the lowest "
         "cost (n cost evaluations per step; off: none). With it or backtracking a step that "
-        "lowers no cost ends the run ('no_descent')", OPTIONAL_COUNT, static=True)
+        "lowers no cost ends the run ('no_descent'). 'auto': AUTO_GRID_SEARCH (30) for a general "
+        "residual problem (a ResidualProblem: PINNs, classical models) unless backtracking or "
+        "levenberg_marquardt is on, off for a network's fit to data", AUTO_OR_COUNT,
+        static=True)
     levenberg_marquardt: bool = setting(
         False, "Levenberg–Marquardt steps of the adapted flow: θ ← θ − hDᵀ(Θ + λI)⁻¹∇_X C, "
         "accepted when C falls, with λ adapted by the ratio ρ of the actual to the linearised "
@@ -217,7 +227,7 @@ class IntegratorOptions(eqx.Module):
             if not _resolved(value):
                 f.metadata["check"](value, f.name, scope="integrator setting")
         searches = [name for name, on in (("backtracking", self.backtracking),
-                                           ("grid_search", self.grid_search is not None),
+                                           ("grid_search", self.grid_search not in (None, "auto")),
                                            ("levenberg_marquardt", self.levenberg_marquardt))
                     if on]
         if len(searches) > 1:
@@ -277,6 +287,10 @@ class IntegratorOptions(eqx.Module):
         if max_condition == "auto":
             max_condition = flow.default_max_condition(problem)
         step = 1.0 / problem.kappa if self.step_size is None else self.step_size
+        grid_search = self.grid_search
+        if grid_search == "auto":
+            grid_search = (AUTO_GRID_SEARCH if problem.general_residual and not (
+                self.backtracking or self.levenberg_marquardt) else None)
         bound = flow.rate_bound(problem)
         bound_slack = self.bound_slack if math.isfinite(bound) else None
         batching = self.seed_batching
@@ -309,7 +323,7 @@ class IntegratorOptions(eqx.Module):
             sufficient_decrease=num(self.sufficient_decrease),
             theta_norm_max=num(self.theta_norm_max), step_size=num(step),
             bound_slack=num(bound_slack), seed_batching=batching,
-            ode_solver=ode_solver,
+            ode_solver=ode_solver, grid_search=grid_search,
             ts=jnp.asarray(self.save_times(), dtype),
         )
 

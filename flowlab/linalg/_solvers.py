@@ -29,7 +29,7 @@ import jax.random as jr
 import jax.scipy.linalg
 import lineax as lx
 from equinox import AbstractClassVar
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from ._gram import AbstractGram, AutoGram
 from ._nystrom import (
@@ -68,6 +68,15 @@ class AbstractPinvSolver(eqx.Module):
         **Returns:** `(v, result)`: the solution and lineax's verdict on the linear solve
         (`singular` where a factorisation failed on a finite right-hand side; the
         integrators turn it into a stop reason, `flowlab.integrate.from_linear_solve`)."""
+
+    def solve_with_rank(self, problem, theta, rhs: Float[Array, " QN"]
+                        ) -> tuple[Float[Array, " K"], lx.RESULTS, Bool[Array, ""]]:
+        """`solve`, and whether the solve resolved D at full rank (every singular value kept
+        as it is). Solvers that need full rank report True: where D loses rank their
+        factorisation fails instead (`singular`) or the rank guard stops the run.
+
+        **Returns:** `(v, result, full_rank)`."""
+        return (*self.solve(problem, theta, rhs), jnp.asarray(True))
 
 
 class AbstractDampedPinvSolver(AbstractPinvSolver):
@@ -128,25 +137,35 @@ class CholeskySolver(AbstractDampedPinvSolver):
 
 
 class GramOrQRSolver(AbstractDampedPinvSolver):
-    """v = D⁺g by Cholesky of Θ while Θ resolves D, by QR of D where it does not (K ≥ QN).
+    """v = D⁺g by Cholesky of Θ while Θ resolves D, by a factorisation of D where it does not
+    (K ≥ QN): QR of D by default, or `fallback` (the 'auto' route takes the spectrally
+    filtered SVD, which also covers rank loss).
 
     Decided at each evaluation: λ_min(Θ) is estimated by 8 steps of inverse iteration with the
     Cholesky factor (Rayleigh quotient, 16 triangular solves: O(QN²) beside the O(QN³)
     factorisation), λ_max by max Θ_ii; when cond(D)² = λ_max/λ_min exceeds the square of the
     Gram route's limit in this dtype (1e7 in float64, 432 in float32) or the factor is not
-    finite, the solve goes through QR of D (cond(D) instead of cond(D)²). One branch runs per
-    call; in a vmapped batch of seeds the choice is made for the whole batch (QR as soon as one
-    seed needs it), so that it stays a branch instead of a select that runs both."""
+    finite, the solve goes through the factorisation of D (cond(D) instead of cond(D)²). One
+    branch runs per call; in a vmapped batch of seeds the choice is made for the whole batch
+    (the fallback as soon as one seed needs it), so that it stays a branch instead of a select
+    that runs both."""
 
     iterations: int = eqx.field(static=True, default=8)
 
     route: ClassVar[str] = "adaptive"  # guards at the QR limit; σ(D) by SVD only when needed
     gram: AbstractGram = AutoGram()
+    fallback: "AbstractPinvSolver | None" = None  # None: QR of D
 
     def check(self, problem):
         _needs_full_row_rank("gram_or_qr", problem)
 
+    def max_condition(self, dtype):
+        return None if self.fallback is not None else super().max_condition(dtype)
+
     def solve(self, problem, theta, rhs):
+        return self.solve_with_rank(problem, theta, rhs)[:2]
+
+    def solve_with_rank(self, problem, theta, rhs):
         theta_gram, transpose = self.gram(problem, theta)
         factor = jnp.linalg.cholesky(theta_gram)
 
@@ -160,15 +179,16 @@ class GramOrQRSolver(AbstractDampedPinvSolver):
         lam_max = jnp.max(jnp.diag(theta_gram))
         resolved = all_over_seeds(jnp.all(jnp.isfinite(factor)) & jnp.all(jnp.isfinite(v)) & (
             lam_max < condition_limit("gram", theta.dtype) ** 2 * lam_min))
+        fallback = QRSolver() if self.fallback is None else self.fallback
 
         def through_gram(_):
             v = transpose(jax.scipy.linalg.cho_solve((factor, True), rhs))
-            return v, _finite_result(v, rhs)
+            return v, _finite_result(v, rhs), jnp.asarray(True)
 
-        def through_qr(_):
-            return QRSolver().solve(problem, theta, rhs)
+        def through_factor(_):
+            return fallback.solve_with_rank(problem, theta, rhs)
 
-        return jax.lax.cond(resolved, through_gram, through_qr, None)
+        return jax.lax.cond(resolved, through_gram, through_factor, None)
 
     def solve_damped(self, problem, theta, rhs, damping):
         return _through_gram(self.gram, problem, theta, rhs, damping)
@@ -189,21 +209,52 @@ class QRSolver(AbstractPinvSolver):
 
 
 class SVDSolver(AbstractPinvSolver):
-    """D⁺ g by the SVD of D, singular values below rcond·σ_max treated as zero (any rank).
+    r"""D⁺ g by the thin SVD D = U diag(σ) Vᵀ, any shape and rank: v = V f(σ) Uᵀg.
 
-    rcond=None uses lineax's default, eps·max(QN, K)."""
+    `filter` = 'truncate': f(σ) = 1/σ for σ > μ = rcond·σ_max, 0 below (the truncated
+    pseudo-inverse); 'smooth': f(σ) = (1/σ)·t/(1 + t), t = (σ/μ)⁴, equal to 1/σ up to a
+    relative (μ/σ)⁴ on the modes above μ (1.8e-6 at σ = 1e-9·σ_max with the 'auto' cutoff in
+    float64, where Tikhonov's σ/(σ² + μ²) is off by 1e-3) and ≈ σ³/μ⁴ → 0 below it, so the
+    field is continuous in θ where the truncation jumps as a singular value crosses the cutoff
+    (what an adaptive ODE solver needs; MATH §8). rcond=None: eps·max(QN, K), numpy's rank
+    cutoff."""
 
     route: ClassVar[str] = "factor"
     rcond: float | None = eqx.field(static=True, default=None)
+    filter: str = eqx.field(static=True, default="truncate")
+
+    def __check_init__(self):
+        if self.filter not in SVD_FILTERS:
+            raise ValueError(f"SVDSolver filter {self.filter!r}; expected one of {SVD_FILTERS}")
+        if self.rcond is not None and not 0 < self.rcond < 1:
+            raise ValueError(f"SVDSolver rcond = {self.rcond!r}; expected 0 < rcond < 1")
 
     def check(self, problem):
         pass  # any shape and rank
 
+    def max_condition(self, dtype):
+        # a chosen cutoff defines the solve at any rank: no rank guard by default
+        return None if self.rcond is not None else super().max_condition(dtype)
+
     def solve(self, problem, theta, rhs):
-        d = problem.jacobian(theta)
-        sol = lx.linear_solve(lx.MatrixLinearOperator(d), rhs, lx.SVD(rcond=self.rcond),
-                              throw=False)
-        return sol.value, sol.result
+        return self.solve_with_rank(problem, theta, rhs)[:2]
+
+    def solve_with_rank(self, problem, theta, rhs):
+        u, sigma, vt = jnp.linalg.svd(problem.jacobian(theta), full_matrices=False)
+        rcond = self.rcond
+        if rcond is None:
+            rcond = max(problem.num_outputs, problem.num_params) * float(
+                jnp.finfo(theta.dtype).eps)
+        kept = sigma > rcond * sigma[0]
+        inverse = jnp.where(sigma > 0, 1.0 / jnp.where(sigma > 0, sigma, 1.0), 0.0)
+        if self.filter == "smooth":
+            t = (sigma / (rcond * sigma[0])) ** 4
+            gain = inverse * (t / (1.0 + t))
+        else:
+            gain = jnp.where(kept, inverse, 0.0)
+        v = vt.T @ (gain * (u.T @ rhs))
+        full_rank = jnp.all(kept) & (sigma.shape[0] == problem.num_outputs)
+        return v, _finite_result(v, rhs), full_rank
 
 
 class NormalCholeskySolver(AbstractPinvSolver):
@@ -348,6 +399,9 @@ SOLVERS = {
     "nystrom": NystromSolver,
 }
 
+#: the SVD solver's spectral filters (`SVDSolver.filter`).
+SVD_FILTERS = ("truncate", "smooth")
+
 #: largest QN·K for which 'auto' keeps QR of D ready beside the Gram (GramOrQRSolver).
 QR_FALLBACK_SIZE = 2**22
 
@@ -372,38 +426,56 @@ def memory_budget() -> int:
     return int(MEMORY_FRACTION * total)
 
 
-def auto_solver(problem, memory_budget_bytes: int | None = None) -> AbstractPinvSolver:
-    """The 'auto' choice from the model type, K, QN and memory.
+def auto_rcond(dtype) -> float:
+    """The 'auto' route's spectral cutoff relative to σ_max: eps^(2/3) (3.7e-11 in float64,
+    4.9e-5 in float32). Measured on PINNs with a rank-deficient J (benchmarks/defaults.py):
+    in float64 truncations at 1e-7 and 1e-8 stop at relative L2 errors 10–100× above 1e-10's,
+    and 1e-12 takes twice the steps; eps^(2/3) sits between, far above the eps·σ_max at which
+    round-off in an SVD of D begins."""
+    return float(jnp.finfo(dtype).eps) ** (2.0 / 3.0)
 
-    K ≥ QN: Cholesky of Θ (AutoGram: layerwise for an MLP, else in row blocks) when Θ fits
-    in the memory budget; matrix-free Nyström-preconditioned conjugate residuals otherwise. K < QN: QR of D, or CG
-    when D does not fit. Normal-equation Cholesky (QN·K² + K³/3 flops against QR's
-    2QN·K² − 2K³/3, so at most 2× cheaper, and D by jacfwd costs the same for both) is not
-    the default because it squares cond(D): at cond(D) = 4e6, inside the default rank guard
-    of 1e7, it measured a 1e-4 relative error in D⁺g where QR gave 1e-14."""
+
+def auto_solver(problem, memory_budget_bytes: int | None = None, *,
+                smooth: bool = False) -> AbstractPinvSolver:
+    """The 'auto' choice from the problem's shapes and memory, robust to rank loss.
+
+    K ≥ QN: Cholesky of Θ (AutoGram: layerwise for an MLP, else in row blocks) while Θ
+    resolves D, and where it does not (numerically rank-deficient D, as PINN Jacobians of
+    smooth networks are) the SVD of D with the cutoff `auto_rcond` (`GramOrQRSolver` with an
+    SVD fallback), when D is small enough to factorise beside the Gram; Cholesky alone when it
+    is not; matrix-free Nyström-preconditioned conjugate residuals when Θ does not fit.
+    K < QN: the SVD of D with the same cutoff (QR's result at full column rank, defined where
+    the rank drops), or CG when D does not fit.
+
+    `smooth`: the SVD's filter is the smooth one (`SVDSolver`, filter='smooth') instead of the
+    truncation, so that the field is continuous (`simulate` asks for it; the Euler steps
+    truncate)."""
     k, qn = problem.num_params, problem.num_outputs
     budget = memory_budget() if memory_budget_bytes is None else memory_budget_bytes
     item = jnp.dtype(problem.theta0.dtype).itemsize
+    factor = SVDSolver(rcond=auto_rcond(problem.theta0.dtype),
+                       filter="smooth" if smooth else "truncate")
     if problem.overparametrised:
         need = qn * qn  # the auto Gram holds Θ, and of D at most a block (BlockedGram)
         if need * item > budget:
             return NystromSolver()
-        # QR of D as the fallback where Θ cannot resolve D, when D is small enough that its
-        # QR (2·QN²·K flops, run every step under vmap) costs little beside the Gram
-        return GramOrQRSolver() if qn * k <= QR_FALLBACK_SIZE else CholeskySolver()
+        # the factorisation of D as the fallback where Θ cannot resolve D, when D is small
+        # enough that it (O(QN²·K) flops, only where needed) costs little beside the Gram
+        return GramOrQRSolver(fallback=factor) if qn * k <= QR_FALLBACK_SIZE else CholeskySolver()
     if (qn * k + k * k) * item > budget:
         return CGSolver()
-    return QRSolver()
+    return factor
 
 
-def resolve_solver(solver: "str | AbstractPinvSolver", problem) -> AbstractPinvSolver:
+def resolve_solver(solver: "str | AbstractPinvSolver", problem, *,
+                   smooth: bool = False) -> AbstractPinvSolver:
     """A solver instance from a name; 'auto' is `auto_solver(problem)`: Cholesky of the
     (layerwise, for an MLP) Gram when K ≥ QN, QR of D when K < QN, Nyström-preconditioned
     conjugate residuals (K ≥ QN) or CG (K < QN) when the matrices do not fit in memory."""
     if isinstance(solver, AbstractPinvSolver):
         out = solver
     elif solver == "auto":
-        out = auto_solver(problem)
+        out = auto_solver(problem, smooth=smooth)
     elif solver in SOLVERS:
         out = SOLVERS[solver]()
     else:

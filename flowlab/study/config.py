@@ -222,8 +222,10 @@ def _integrator_schema() -> dict:
     for name, f in IntegratorOptions.fields().items():
         if f.metadata["config"]:
             schema[name] = (_setting(f.metadata["check"]), f.default)
+    # default (None): 'auto' where a cost target is set (the run is meant to reach it), else
+    # IntegratorOptions' t1; decided in _check_options
     schema["t1"] = (_either(schema["t1"][0], _literal("auto"),
-                            expected="a positive number or 'auto' (t1_factor·T_ε)"), schema["t1"][1])
+                            expected="a positive number or 'auto' (t1_factor·T_ε)"), None)
     schema["t1_factor"] = (_float(positive=True), 1.5)
     return schema
 
@@ -237,6 +239,10 @@ def _check_options(where, config):
     integ = config["integrator"]
     if integ["ts"] is not None:
         integ["ts"] = list(integ["ts"])  # plain data (the check returns a tuple)
+    if integ["t1"] is None:
+        targeted = integ["cost_target_relative"] is not None or integ["cost_target"] is not None
+        integ["t1"] = ("auto" if targeted and integ["ts"] is None
+                       else IntegratorOptions.fields()["t1"].default)
     settings = {k: v for k, v in integ.items() if k in IntegratorOptions.fields() and k != "t1"}
     if integ["t1"] != "auto":
         settings["t1"] = integ["t1"]

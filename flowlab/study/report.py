@@ -49,6 +49,23 @@ def _fmt(v) -> str:
     return str(v)
 
 
+#: record fields of the swept axes (flowlab.study.grid.AXES) where the names differ
+_AXIS_FIELDS = {"num_points": "N", "in_size": "M", "out_size": "Q"}
+
+
+def terminal_columns(config: dict) -> list[str]:
+    """The terminal summary's columns when the config names none (output.columns): the flow,
+    the swept axes, the stop, the measured and predicted rate, T_ε measured and predicted, the
+    rate's relative error (and a PDE's L2 error): one line of ≤ 120 characters per cell.
+    `flowlab report --all-columns` shows every column."""
+    sweep = config.get("sweep") or {}
+    axes = [_AXIS_FIELDS.get(a, a) for a in sweep if a not in ("seeds", "flow")
+            and isinstance(sweep.get(a), list)]
+    pde = ["error"] if (config.get("pde") or {}).get("problem") else []
+    return ["flow", *axes, "stop_reason", "measured_rate", "predicted_rate_start",
+            "T_eps_measured", "T_eps_predicted", "relative_error", *pde]
+
+
 def report_columns(rows: list[dict], aggregated: bool,
                    only: list[str] | None = None) -> list[tuple[str, str]]:
     """(key, header) of the report table: the fields named in `only` (a config's
