@@ -19,16 +19,11 @@ def _set_precision(precision: str) -> None:
     import jax
 
     jax.config.update("jax_enable_x64", precision == "float64")
-    cache = os.environ.get("FLOWLAB_COMPILATION_CACHE", os.path.expanduser("~/.cache/flowlab/xla"))
-    if cache and cache.lower() not in ("0", "off", "none"):
-        try:
-            os.makedirs(cache, exist_ok=True)
-            jax.config.update("jax_compilation_cache_dir", cache)
-            # every executable, not only those over 1 s: a study compiles ~80 small functions
-            # (diagnostics, θ0, statistics) per shape; cached, a warm tiny run takes half the time
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        except (OSError, AttributeError):
-            return
+    from ._cache import enable_compilation_cache
+
+    # every executable, not only those over 1 s: a study compiles ~80 small functions
+    # (diagnostics, θ0, statistics) per shape; cached, a warm tiny run takes half the time
+    if enable_compilation_cache() is not None:
         _checks_without_callbacks()
 
 

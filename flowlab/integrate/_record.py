@@ -2,7 +2,7 @@
 
 import jax.numpy as jnp
 
-from ..linalg import default_rcond, numerical_rank, singular_values
+from ..linalg import spectrum_ends
 from ..theory import cost_floor
 from ._options import IntegratorOptions
 
@@ -13,12 +13,9 @@ def saved_statistics(problem, flow, theta, outputs, opts: IntegratorOptions) -> 
     nan = jnp.full((), jnp.nan, theta.dtype)
     out = {"cost": problem.loss(outputs, problem.targets), "outputs": outputs,
            "theta_norm": jnp.linalg.norm(theta), "sigma_min": nan, "sigma_max": nan, "rank": nan}
-    if opts.diagnostics:
-        route = flow.spectrum_route(problem)
-        sigma = singular_values(problem, theta, route=route)
-        rtol = default_rcond(problem) if route == "factor" else None
-        out.update(sigma_min=sigma[0], sigma_max=sigma[-1],
-                   rank=numerical_rank(sigma, rtol).astype(theta.dtype))
+    if opts.diagnostics:  # from a Cholesky factor where Θ resolves D (no eigendecomposition)
+        sigma_min, sigma_max, rank = spectrum_ends(problem, theta, flow.spectrum_route(problem))
+        out.update(sigma_min=sigma_min, sigma_max=sigma_max, rank=rank)
     if opts.save_theta:
         out["theta"] = theta
     out["extras"] = {name: fn(problem, flow, theta) for name, fn in opts.extras}

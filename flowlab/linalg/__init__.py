@@ -120,3 +120,6 @@ from ._spectrum import (
 from ._spectrum import (
     singular_values as singular_values,
 )
+from ._spectrum import (
+    spectrum_ends as spectrum_ends,
+)
