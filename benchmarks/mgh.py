@@ -145,12 +145,24 @@ def _euler(problem, **settings):
 
 
 def gn_backtracking(problem):
-    """Today's Gauss–Newton steps with step halving."""
+    """Gauss–Newton steps with step halving."""
     return _euler(problem, backtracking=True)
 
 
 def gn_plain(problem):
-    """Today's Gauss–Newton steps h = 1/κ, no line search."""
+    """Gauss–Newton steps h = 1/κ, no line search."""
+    return _euler(problem, grid_search=None)
+
+
+def flowlab_lm(problem):
+    """Levenberg–Marquardt steps (`levenberg_marquardt=True`: gain-ratio damping, through the
+    SVD of D for K < QN)."""
+    return _euler(problem, levenberg_marquardt=True, max_backtracks=60)
+
+
+def flowlab_default(problem):
+    """`euler_steps(problem, AdaptedFlow())` with no settings (for a ResidualProblem: the
+    truncated SVD and the grid line search)."""
     return _euler(problem)
 
 
@@ -159,8 +171,11 @@ CONTENDERS: dict[str, Callable] = {
     "scipy_lm": scipy_lm,
     "gn_backtracking": gn_backtracking,
     "gn_plain": gn_plain,
+    "flowlab_lm": flowlab_lm,
+    "flowlab_default": flowlab_default,
 }
-LABELS = {"scipy_lm": "lm", "gn_backtracking": "GN+bt", "gn_plain": "GN"}
+LABELS = {"scipy_lm": "lm", "gn_backtracking": "GN+bt", "gn_plain": "GN", "flowlab_lm": "fl LM",
+          "flowlab_default": "fl default"}
 
 
 # --- running ----------------------------------------------------------------------------------

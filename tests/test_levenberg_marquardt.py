@@ -122,10 +122,45 @@ def test_setting_and_flow_checks(problem):
         fl.euler_steps(problem, fl.GradientFlow(), levenberg_marquardt=True)
     with pytest.raises(ValueError, match="QRSolver has no damped solve"):
         fl.euler_steps(problem, fl.AdaptedFlow(solver="qr"), levenberg_marquardt=True)
+
+
+def test_underparametrised_damped_step_is_the_k_by_k_solve():
+    """K < QN: the damped step −(DᵀD + λM)⁻¹Dᵀ∇_X C, M = diag(DᵀD) (Moré's scaling), equals
+    numpy's K × K solve, and tends to the Gauss–Newton step −D⁺∇_X C as λ → 0."""
     narrow = fl.LeastSquaresProblem(fl.MLP(3, 1, [2], "tanh", key=jr.key(1)),
                                     fl.teacher(jr.key(0), 24, 3))
-    with pytest.raises(ValueError, match="needs K >= QN"):
-        fl.euler_steps(narrow, fl.AdaptedFlow(), levenberg_marquardt=True)
+    assert narrow.num_params < narrow.num_outputs
+    theta = narrow.theta0
+    d = np.asarray(narrow.jacobian(theta))
+    g = np.asarray(narrow.output_gradient(narrow.outputs(theta)))
+    flow = fl.AdaptedFlow().resolve(narrow, stepping=True)
+    for lam in (1e-1, 1e-4):
+        v, _ = flow.damped_velocity(narrow, theta, lam)
+        expected = -np.linalg.solve(d.T @ d + lam * np.diag(np.diag(d.T @ d)), d.T @ g)
+        np.testing.assert_allclose(np.asarray(v), expected, rtol=1e-10, atol=1e-14)
+    v, _ = flow.damped_velocity(narrow, theta, 1e-13)
+    np.testing.assert_allclose(np.asarray(v), -np.linalg.pinv(d) @ g, rtol=1e-6)
+
+
+def test_underparametrised_lm_steps_reach_scipy_least_squares():
+    """K < QN Levenberg–Marquardt steps end where scipy's MINPACK lm does (same minimum), and
+    the continuous counterpart (DampedFlow) runs under simulate and lowers C monotonically."""
+    scipy = pytest.importorskip("scipy.optimize")
+    narrow = fl.LeastSquaresProblem(fl.MLP(3, 1, [3], "tanh", key=jr.key(2)),
+                                    fl.teacher(jr.key(3), 30, 3))
+    tr = fl.euler_steps(narrow, fl.AdaptedFlow(), levenberg_marquardt=True, num_steps=200,
+                        diagnostics=False)
+    assert tr.stop_reason in ("no_descent", "t1_reached")
+    ref = scipy.least_squares(lambda th: np.asarray(narrow.residual(jnp.asarray(th))),
+                              np.asarray(narrow.theta0), method="lm", xtol=1e-15, ftol=1e-15,
+                              gtol=1e-15,
+                              jac=lambda th: np.asarray(narrow.jacobian(jnp.asarray(th))))
+    assert float(tr.cost_final) == pytest.approx(float(narrow.cost(jnp.asarray(ref.x))),
+                                                 rel=1e-8)
+    ode = fl.simulate(narrow, fl.DampedFlow(damping=1e-6), t1=50.0, diagnostics=False)
+    assert ode.stop_reason == "t1_reached"
+    cost = np.asarray(ode.cost)[np.asarray(ode.valid)]
+    assert np.all(np.diff(cost) <= 1e-14 * cost[0]) and cost[-1] < 0.5 * cost[0]
 
 
 def test_config_runs_levenberg_marquardt_steps(tmp_path):

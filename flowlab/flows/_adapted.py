@@ -67,22 +67,21 @@ class AdaptedFlow(AbstractFlow):
         return -v, result, full_rank
 
     def damped_velocity(self, problem, theta, damping) -> tuple:
-        """θ' = −Dᵀ(Θ + λI)⁻¹∇_X C and the solve's result: linearised, output mode i contracts
-        at rate κλ_i/(λ_i + λ) (the adapted flow's κ for λ_i ≫ λ, the standard flow's κλ_i/λ
-        for λ_i ≪ λ)."""
+        """θ' = −Dᵀ(Θ + λI)⁻¹∇_X C = −(DᵀD + λI)⁻¹Dᵀ∇_X C (the same vector at any shape, by
+        the push-through identity) and the solve's result: linearised, output mode i
+        contracts at rate κλ_i/(λ_i + λ) (the adapted flow's κ for λ_i ≫ λ, the standard
+        flow's κλ_i/λ for λ_i ≪ λ). Through Θ for K ≥ QN, through the SVD of D (any shape)
+        for K < QN."""
         g = problem.output_gradient(problem.outputs(theta))
         v, result = self._solver(problem).solve_damped(problem, theta, g, damping)
         return -v, result
 
     def check_damped(self, problem):
-        if not problem.overparametrised:
-            raise ValueError(
-                f"levenberg_marquardt needs K >= QN (here K = {problem.num_params} < QN = "
-                f"{problem.num_outputs}): the damped step is taken through Θ = DDᵀ")
         solver = self._solver(problem)
         if not isinstance(solver, AbstractDampedPinvSolver):
             raise ValueError(f"levenberg_marquardt: solver {type(solver).__name__} has no damped "
-                             "solve; use solver='cholesky', 'gram_or_qr', 'nystrom' or 'auto'")
+                             "solve; use solver='auto', 'svd' (any shape), 'cholesky', 'gram_or_qr' or "
+                             "'nystrom' (K >= QN)")
 
     def output_path(self, problem):
         if not (linear_theory_applies(problem) and problem.overparametrised):

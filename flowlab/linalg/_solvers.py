@@ -208,7 +208,7 @@ class QRSolver(AbstractPinvSolver):
         return sol.value, sol.result
 
 
-class SVDSolver(AbstractPinvSolver):
+class SVDSolver(AbstractDampedPinvSolver):
     r"""D⁺ g by the thin SVD D = U diag(σ) Vᵀ, any shape and rank: v = V f(σ) Uᵀg.
 
     `filter` = 'truncate': f(σ) = 1/σ for σ > μ = rcond·σ_max, 0 below (the truncated
@@ -255,6 +255,26 @@ class SVDSolver(AbstractPinvSolver):
         v = vt.T @ (gain * (u.T @ rhs))
         full_rank = jnp.all(kept) & (sigma.shape[0] == problem.num_outputs)
         return v, _finite_result(v, rhs), full_rank
+
+    def solve_damped(self, problem, theta, rhs, damping):
+        """The Levenberg–Marquardt step at any shape and rank. K ≥ QN: (DᵀD + λI)⁻¹Dᵀg =
+        V diag(σ/(σ² + λ)) Uᵀg. K < QN: (DᵀD + λM)⁻¹Dᵀg with Moré's scaling M = diag(DᵀD)
+        (floored at 1e-12 of its largest entry), by Cholesky of the K × K matrix: the step is
+        then invariant to a rescaling of θ's coordinates, as MINPACK's; with M = I a narrow
+        tanh fit (K = 16, QN = 30) crawled at 2.2× scipy's cost after 500 steps, with M it met
+        scipy's minimum in 58 (MATH §10)."""
+        d = problem.jacobian(theta)
+        if problem.overparametrised:
+            u, sigma, vt = jnp.linalg.svd(d, full_matrices=False)
+            v = vt.T @ (sigma / (sigma**2 + damping) * (u.T @ rhs))
+            return v, _finite_result(v, rhs)
+        normal = d.T @ d
+        scale = jnp.diag(normal)
+        scale = jnp.maximum(scale, 1e-12 * jnp.max(scale))
+        op = lx.MatrixLinearOperator(normal + damping * jnp.diag(scale),
+                                     lx.positive_semidefinite_tag)
+        sol = lx.linear_solve(op, d.T @ rhs, lx.Cholesky(), throw=False)
+        return sol.value, sol.result
 
 
 class NormalCholeskySolver(AbstractPinvSolver):
