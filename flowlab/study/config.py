@@ -325,6 +325,57 @@ SCHEMA: dict[str, dict[str, tuple[Check | None, Any]]] = {
     },
 }
 
+#: The meaning of every key of SCHEMA but [integrator] (whose meanings are IntegratorOptions'
+#: metadata): the docs' configuration reference is generated from these, and a test refuses a
+#: key without one.
+SCHEMA_DOCS: dict[str, dict[str, str]] = {
+    "": {"name": "the study's name (its run folder is runs/NAME by default)",
+         "description": "one line saying what the study asks",
+         "precision": "float64 or float32 for every array of the study"},
+    "data": {
+        "generator": "a data generator of flowlab.data (smooth_regression, teacher, random_labels, "
+                     "gaussian_clusters, diabetes, digits, ...)",
+        "file": "a CSV or NPZ file instead of a generator (relative to the config)",
+        "num_points": "N, the number of training points",
+        "in_size": "M, the input dimension",
+        "out_size": "Q, the outputs per point",
+        "seed": "the data's random seed (also splits the test set)",
+        "params": "the generator's keyword arguments, checked against its signature",
+        "num_targets": "CSV: the last num_targets columns are the targets",
+        "inputs_key": "NPZ: the array of inputs",
+        "targets_key": "NPZ: the array of targets",
+        "test_fraction": "hold out this fraction as a test set: test loss along the run"},
+    "pde": {"problem": "a physics-informed study: a builder of flowlab.pde.PDES",
+            "params": "the builder's keyword arguments (collocation sizes, nu, ...)"},
+    "model": {"depth": "hidden layers of the MLP", "width": "units per hidden layer",
+              "widths": "the hidden widths, one per layer (instead of depth × width)",
+              "activation": "tanh, relu, leaky_relu, gelu, softplus, sigmoid, identity, ...",
+              "parametrization": "'standard' or 'ntk' (weights scaled by 1/√fan-in in the "
+                                 "forward pass)",
+              "weight_std": "standard deviation of the initial weights (times 1/√fan-in)",
+              "bias_std": "standard deviation of the initial biases",
+              "use_bias": "whether the layers have biases"},
+    "loss": {"kind": "the loss: 'squared' or 'cross_entropy' (flowlab.LOSSES)",
+             "kappa": "κ of C = (κ/2)|X − Y|²: a number or '1/N' (the paper's)",
+             "params": "the loss's keyword arguments (e.g. label smoothing)"},
+    "sweep": {"seeds": "θ0 per cell: a count, or the list of seeds",
+              "seed": "the first model seed",
+              "width": "swept widths", "depth": "swept depths", "num_points": "swept N",
+              "in_size": "swept M", "out_size": "swept Q", "activation": "swept activations",
+              "step_size": "swept Euler step sizes h",
+              "flow": "the [flows.*] tables to run (default: all)"},
+    "analysis": {"epsilon": "ε of the stopping time T_ε (default: cost_target_relative, else 1e-6)",
+                 "tail_fraction": "the last fraction of the run the tail rate is fitted on",
+                 "equilibrium": "analyse the end point: rank D, Hessian zeros, Dᵀ∇C",
+                 "path_lengths": "save θ and measure the sub-Riemannian path lengths"},
+    "compare": {"least_squares": "also run scipy's least_squares from each θ0",
+                "least_squares_max_nfev": "its evaluation budget"},
+    "output": {"dir": "the run folder (default runs/NAME)",
+               "save_outputs": "save X(s) at every save point",
+               "columns": "the summary's columns in the terminal and the report "
+                          "(default: a short set; `flowlab report --all-columns` shows all)"},
+}
+
 _FLOW_KIND = _str(_flow_registry)
 
 
