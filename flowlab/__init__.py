@@ -7,6 +7,7 @@ core is imported here; the study machinery (configs, runner, store, plots) is `f
 
 from . import pde as pde
 from . import theory as theory
+from . import distributed as distributed
 from ._cache import enable_compilation_cache as enable_compilation_cache
 from ._checks import SettingError as SettingError
 from .data import (
