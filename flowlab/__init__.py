@@ -5,9 +5,9 @@ adapted gradient descent in Deep Learning" (arXiv 2311.15487) and companion resu
 core is imported here; the study machinery (configs, runner, store, plots) is `flowlab.study`.
 """
 
+from . import distributed as distributed
 from . import pde as pde
 from . import theory as theory
-from . import distributed as distributed
 from ._cache import enable_compilation_cache as enable_compilation_cache
 from ._checks import SettingError as SettingError
 from .data import (
