@@ -70,8 +70,14 @@ def cmd_run(args) -> int:
     except StoreError as e:
         return _err(str(e))
     _set_precision(study.config["precision"])
+    from .study.grid import expand_grid
+    from .study.memory import too_large
     from .study.report import aggregate, table
     from .study.runner import run_study
+
+    refusal = too_large(study, expand_grid(study))
+    if refusal is not None:  # before a byte is allocated: exit 2, what to change
+        return _err(f"{args.config}: {refusal}")
 
     try:
         store = run_study(study, out, progress=not args.quiet, jobs=args.jobs)

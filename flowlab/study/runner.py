@@ -25,6 +25,7 @@ from .config import Study
 from .extras import ExtraAnalyses
 from .grid import Cell, expand_grid
 from .measure import CellSetup, measure
+from .memory import is_out_of_memory
 from .records import RunRecord
 from .store import RunStore, now
 
@@ -86,7 +87,9 @@ def _timed_cell(study, cell):
     return arrays, records, time.perf_counter() - start
 
 
-_CELL_ERRORS = (ValueError, TypeError, FloatingPointError)
+# XLA's runtime errors (an out-of-memory among them) fail the cell, named, not the sweep
+_CELL_ERRORS = (ValueError, TypeError, FloatingPointError,
+                getattr(jax.errors, "JaxRuntimeError", RuntimeError))
 
 
 def run_study(
@@ -127,7 +130,12 @@ def run_study(
     def finish(cell, result, error):
         if error is not None:
             failed.append(cell.id)
-            store.mark(cell.id, "failed", error=f"{type(error).__name__}: {error}")
+            message = f"{type(error).__name__}: {error}"
+            if is_out_of_memory(error):
+                message = ("out of memory inside XLA (the cell did not fit: fewer seeds at once, "
+                           "a smaller model or N, the matrix-free route or more devices): "
+                           + " ".join(message.split())[:300])
+            store.mark(cell.id, "failed", error=message)
             if bar is not None:
                 bar.write(f"cell {cell.id} failed: {error}")
                 bar.update()
