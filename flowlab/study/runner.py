@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
