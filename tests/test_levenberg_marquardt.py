@@ -73,7 +73,8 @@ def test_converges_where_full_gauss_newton_steps_diverge():
     settings = {"diagnostics": False, "max_condition": None, "cost_target_relative": 1e-12}
     full = fl.euler_steps(p, fl.AdaptedFlow("cholesky"), num_steps=40, **settings)
     worst = np.asarray(full.cost / full.cost0)[np.asarray(full.valid)].max()
-    assert not worst < 1e10  # inf or NaN count as diverged
+    # full steps blow C up by 8 orders or more, until Θ's Cholesky breaks down ('singular')
+    assert not worst < 1e6 and full.stop_reason in ("singular", "non_finite_field", "t1_reached")
     for solver in ("cholesky", fl.NystromSolver(rank=12, rtol=1e-12)):
         lm = fl.euler_steps(p, fl.AdaptedFlow(solver=solver), num_steps=80,
                             levenberg_marquardt=True, **settings)
