@@ -64,6 +64,9 @@ from .flows import (
     GradientFlow as GradientFlow,
 )
 from .flows import (
+    HessianMetricFlow as HessianMetricFlow,
+)
+from .flows import (
     HomotopyFlow as HomotopyFlow,
 )
 from .flows import (

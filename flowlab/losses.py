@@ -17,7 +17,7 @@ from jaxtyping import Array, Float, Scalar
 
 from .problem import AbstractLoss, SquaredLoss
 
-#: How far a label row's sum may be from 1.
+#: How far a label row's sum may be from 1 (float64; in lower precision 10·Q·eps).
 SIMPLEX_SUM_TOL = 1e-9
 
 
@@ -46,7 +46,10 @@ class SoftmaxCrossEntropy(AbstractLoss):
                     f"rows {rows[:10].tolist()} have entries <= 0 (e.g. one-hot labels: smooth "
                     "them, y = (1 − ε)·onehot + ε/Q)")
             sums = y.sum(axis=1)
-            bad = np.nonzero(np.abs(sums - 1) > SIMPLEX_SUM_TOL)[0]
+            # float32 labels carry round-off of ~Q·eps in their sums
+            tol = max(SIMPLEX_SUM_TOL, 10 * out_size * float(np.finfo(y.dtype).eps)) if (
+                np.issubdtype(y.dtype, np.floating)) else SIMPLEX_SUM_TOL
+            bad = np.nonzero(np.abs(sums - 1) > tol)[0]
             if bad.size:
                 raise ValueError(
                     f"softmax cross-entropy needs label rows summing to 1; rows "
@@ -95,6 +98,28 @@ class SoftmaxCrossEntropy(AbstractLoss):
 
     def conserved(self, outputs):
         return self.output_sums(outputs)
+
+    def hessian_block_size(self):
+        return self._bound()[1]
+
+    def metric_gradient(self, outputs, targets):
+        """H⁺∇_X C in closed form: with p = softmax(x_j), H_j = (diag p − ppᵀ)/N and
+        ∇_{x_j} C = (p − y_j)/N, z = 1 − y_j/p solves H_j z = ∇_{x_j} C (as Σ_i y_ji = 1), and
+        its projection onto 1^⊥ = range H_j is the pseudo-inverse's answer."""
+        n, q = self._bound()
+        logp = jax.nn.log_softmax(outputs.reshape(n, q), axis=-1)
+        z = 1.0 - jnp.exp(jnp.log(targets.reshape(n, q)) - logp)
+        return (z - jnp.mean(z, axis=-1, keepdims=True)).reshape(-1)
+
+    def metric_path(self, outputs0, targets, s):
+        """p_j(s) = y_j + e^{−s}(p_j(0) − y_j) (∇C = (p − y)/N decays as e^{−s}), each
+        example's output sum c_j kept: x_j(s) = log p_j(s) − mean(log p_j(s)) + c_j/Q."""
+        n, q = self._bound()
+        y = targets.reshape(n, q)
+        p = y + jnp.exp(-s) * (jax.nn.softmax(outputs0.reshape(n, q), axis=-1) - y)
+        logp = jnp.log(p)
+        c = jnp.sum(outputs0.reshape(n, q), axis=-1, keepdims=True)
+        return (logp - jnp.mean(logp, axis=-1, keepdims=True) + c / q).reshape(-1)
 
 
 def smooth_labels(targets: Float[Array, "N Q"], epsilon: float = 0.1) -> Float[Array, "N Q"]:

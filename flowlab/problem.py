@@ -66,6 +66,88 @@ class AbstractLoss(eqx.Module):
         """This loss checked against, and where needed specialised to, the problem's targets
         (a ValueError for targets it cannot take)."""
 
+    # --- the loss's own output metric (HessianMetricFlow, MATH §12) ----------------------------
+    def hessian_block_size(self) -> int | None:
+        """The outputs per example when C is a sum of per-example losses, so that H = ∇²_X C
+        is block-diagonal with blocks of this size; None: one dense block of QN (any loss)."""
+        return None
+
+    def hessian_vector(self, outputs: Float[Array, " QN"], targets: Float[Array, " QN"],
+                       vector: Float[Array, " QN"]) -> Float[Array, " QN"]:
+        """H v = ∇²_X C(X) v, by one forward-mode derivative of `gradient`.
+
+        **Arguments:**
+
+        - `outputs`, `targets`: X and Y, shape (QN,).
+        - `vector`: v, shape (QN,).
+
+        **Returns:**
+
+        H v, shape (QN,).
+        """
+        return jax.jvp(lambda x: self.gradient(x, targets), (outputs,), (vector,))[1]
+
+    def hessian_blocks(self, outputs: Float[Array, " QN"], targets: Float[Array, " QN"]
+                       ) -> Float[Array, "N q q"]:
+        """The diagonal blocks of H = ∇²_X C, q = `hessian_block_size()`: q Hessian–vector
+        products, the i-th along e_i in every block at once (exact where H is block-diagonal,
+        as it is for a sum of per-example losses).
+
+        **Arguments:**
+
+        - `outputs`, `targets`: X and Y, shape (QN,).
+
+        **Returns:**
+
+        The blocks H_j, shape (QN/q, q, q).
+        """
+        q = self.hessian_block_size() or outputs.size
+        n = outputs.size // q
+        probes = jnp.tile(jnp.eye(q, dtype=outputs.dtype), (1, n))  # row i: e_i in each block
+        columns = jax.vmap(lambda v: self.hessian_vector(outputs, targets, v))(probes)
+        return columns.reshape(q, n, q).transpose(1, 2, 0)  # [block, row, column]
+
+    def metric_gradient(self, outputs: Float[Array, " QN"], targets: Float[Array, " QN"]
+                        ) -> Float[Array, " QN"]:
+        r"""H⁺∇_X C: the gradient of C in the metric of its own Hessian (a Newton direction in
+        output space), the pseudo-inverse taken block by block on the range of each H_j
+        (eigenvalues below q·eps·max|λ(H_j)| count as zero: the directions C does not see,
+        e.g. the fibre of a softmax). Losses with a closed form override this.
+
+        **Arguments:**
+
+        - `outputs`, `targets`: X and Y, shape (QN,).
+
+        **Returns:**
+
+        H⁺∇_X C, shape (QN,).
+        """
+        blocks = self.hessian_blocks(outputs, targets)
+        n, q, _ = blocks.shape
+        lam, vecs = jnp.linalg.eigh(blocks)
+        cutoff = q * jnp.finfo(outputs.dtype).eps * jnp.max(jnp.abs(lam), axis=-1, keepdims=True)
+        inverse = jnp.where(lam > cutoff, 1.0 / jnp.where(lam > cutoff, lam, 1.0), 0.0)
+        g = self.gradient(outputs, targets).reshape(n, q)
+        coords = jnp.einsum("nqk,nq->nk", vecs, g) * inverse
+        return jnp.einsum("nqk,nk->nq", vecs, coords).reshape(-1)
+
+    def metric_path(self, outputs0: Float[Array, " QN"], targets: Float[Array, " QN"], s
+                    ) -> Float[Array, " QN"] | None:
+        """X(s) on the output-space Newton flow X' = −H⁺∇_X C from X(0) = `outputs0`, where it
+        has a closed form; None (decided without tracing) where it has none. Along it
+        ∇_X C(X(s)) = e^{−s}∇_X C(X(0)).
+
+        **Arguments:**
+
+        - `outputs0`, `targets`: X(0) and Y, shape (QN,).
+        - `s`: the time, a scalar (s = ∞ gives the end point).
+
+        **Returns:**
+
+        X(s), shape (QN,), or None.
+        """
+        return None
+
 
 class SquaredLoss(AbstractLoss):
     """C = (κ/2)|X − Y|², ∇_X C = κ(X − Y). The paper takes κ = 1/N."""
@@ -94,6 +176,16 @@ class SquaredLoss(AbstractLoss):
 
     def bind(self, targets, num_points, out_size):
         return self
+
+    def hessian_block_size(self):
+        return 1
+
+    def metric_gradient(self, outputs, targets):
+        # H = κI: H⁺∇_X C = X − Y
+        return outputs - targets
+
+    def metric_path(self, outputs0, targets, s):
+        return targets + jnp.exp(-s) * (outputs0 - targets)
 
 
 def _parameters(model):

@@ -1,6 +1,7 @@
 """Config loading, validation messages and overrides (no solves)."""
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -205,7 +206,8 @@ def test_config_builds_each_flow_once(monkeypatch):
     assert isinstance(study.flows["adapted"], fl.AdaptedFlow)
     for cell in expand_grid(study):
         assert make_flow(study, cell.values["flow"]) is study.flows[cell.values["flow"]]
-        make_options(study, cell.values, 0.5)
+        make_options(study, cell.values, SimpleNamespace(kappa=0.5),
+                     make_flow(study, cell.values["flow"]))
     assert len(built) == 2
     # the built objects are no part of the config's plain data or fingerprint
     assert study.as_dict()["flows"]["a"] == {"kind": "counted", "params": {}}

@@ -10,6 +10,7 @@ Each flow is an `eqx.Module` callable as a diffrax vector field ``(t, θ, proble
 | DampedFlow | −Dᵀ(Θ + λI)⁻¹ g | −Θ(Θ + λI)⁻¹ g | κσ²/(σ² + λ) |
 | HomotopyFlow | −V f(Σ) Uᵀ g | −U σf(σ) Uᵀ g | κσf(σ) |
 | InterpolationFlow | D⁺(Y − X(0)) (time t) | Y − X(0) | C(t) = (1 − t)²C(0) |
+| HessianMetricFlow | −D⁺H⁺g, H = ∇²_X C | −H⁺g: ∇_X C(s) = e^{−s}∇_X C(0) | 1 (time κs) |
 
 `FLOWS` maps the names a config uses to the classes.
 """
@@ -19,6 +20,7 @@ from ._base import AbstractFlow as AbstractFlow
 from ._base import linear_theory_applies as linear_theory_applies
 from ._damped import DampedFlow as DampedFlow
 from ._gradient import GradientFlow as GradientFlow
+from ._hessian_metric import HessianMetricFlow as HessianMetricFlow
 from ._homotopy import (
     AbstractSpectralFilter as AbstractSpectralFilter,
 )
@@ -36,4 +38,5 @@ FLOWS: dict[str, type[AbstractFlow]] = {
     "damped": DampedFlow,
     "homotopy": HomotopyFlow,
     "interpolation": InterpolationFlow,
+    "hessian_metric": HessianMetricFlow,
 }

@@ -1,17 +1,12 @@
 import equinox as eqx
 import jax.numpy as jnp
 
-from ..linalg import (
-    SOLVERS,
-    AbstractDampedPinvSolver,
-    AbstractPinvSolver,
-    SVDSolver,
-    resolve_solver,
-)
-from ._base import AbstractFlow, linear_theory_applies
+from ..linalg import AbstractPinvSolver
+from ._base import linear_theory_applies
+from ._pinv import AbstractPinvFlow
 
 
-class AdaptedFlow(AbstractFlow):
+class AdaptedFlow(AbstractPinvFlow):
     r"""The geometrically adapted flow θ' = −D⁺ ∇_X C [Chen, arXiv 2311.15487].
 
     At full row rank (K ≥ QN) θ' = −Dᵀ(DDᵀ)⁻¹∇_X C, so X' = −κ(X − Y),
@@ -24,42 +19,6 @@ class AdaptedFlow(AbstractFlow):
 
     solver: str | AbstractPinvSolver = "auto"
     rcond: float | None = eqx.field(static=True, default=None)
-
-    def __check_init__(self):
-        if isinstance(self.solver, str) and self.solver != "auto" and self.solver not in SOLVERS:
-            raise ValueError(
-                f"unknown solver {self.solver!r}; expected 'auto' or one of {sorted(SOLVERS)}"
-            )
-        if self.rcond is not None and (self.solver != "svd" or not 0 < self.rcond < 1):
-            raise ValueError(f"rcond = {self.rcond!r} needs solver='svd' and 0 < rcond < 1")
-
-    def _solver(self, problem, smooth: bool = True) -> AbstractPinvSolver:
-        # resolved once by `resolve`; a flow used directly is resolved at each call
-        if isinstance(self.solver, AbstractPinvSolver):
-            return self.solver
-        if self.rcond is not None:
-            return SVDSolver(rcond=float(self.rcond))
-        return resolve_solver(self.solver, problem, smooth=smooth)
-
-    def check(self, problem):
-        self._solver(problem).check(problem)
-
-    def resolve(self, problem, *, stepping: bool = False) -> "AdaptedFlow":
-        solver = self._solver(problem, smooth=not stepping)
-        solver.check(problem)
-        return AdaptedFlow(solver)
-
-    def default_max_condition(self, problem):
-        return self._solver(problem).max_condition(problem.theta0.dtype)
-
-    def spectrum_route(self, problem):
-        return self._solver(problem).route
-
-    def velocity(self, problem, theta):
-        return self.velocity_and_result(problem, theta)[0]
-
-    def velocity_and_result(self, problem, theta) -> tuple:
-        return self.velocity_details(problem, theta)[:2]
 
     def velocity_details(self, problem, theta) -> tuple:
         g = problem.output_gradient(problem.outputs(theta))
@@ -76,21 +35,11 @@ class AdaptedFlow(AbstractFlow):
         v, result = self._solver(problem).solve_damped(problem, theta, g, damping)
         return -v, result
 
-    def check_damped(self, problem):
-        solver = self._solver(problem)
-        if not isinstance(solver, AbstractDampedPinvSolver):
-            raise ValueError(f"levenberg_marquardt: solver {type(solver).__name__} has no damped "
-                             "solve; use solver='auto', 'svd' (any shape), 'cholesky', 'gram_or_qr' or "
-                             "'nystrom' (K >= QN)")
-
     def output_path(self, problem):
         if not (linear_theory_applies(problem) and problem.overparametrised):
             return None
         targets, kappa = problem.targets, problem.kappa
         return lambda outputs0, s: targets + jnp.exp(-kappa * s) * (outputs0 - targets)
-
-    def pullback(self, problem, theta, dx):
-        return self._solver(problem).solve(problem, theta, dx)[0]
 
     def mode_rates(self, problem, sigma):
         return jnp.full_like(sigma, problem.kappa)

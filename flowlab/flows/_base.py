@@ -104,6 +104,24 @@ class AbstractFlow(eqx.Module):
         flow's solve resolves; None for flows that do not invert D."""
         return None
 
+    def default_step_size(self, problem) -> float:
+        """The step h of `euler_steps` when none is set: 1/κ, where the AdaptedFlow's Euler
+        step is the Gauss–Newton step."""
+        return 1.0 / problem.kappa
+
+    def steps_need_search(self, problem) -> bool:
+        """Whether `euler_steps` should search along each step by default (grid_search 'auto'):
+        where a full step can overshoot far from the minimiser. Residual problems always do."""
+        return problem.general_residual
+
+    def stopping_time(self, problem, epsilon_relative: float) -> float:
+        """The a priori time T_ε = ln(1/ε)/(2κ) at which the AdaptedFlow at full row rank has
+        brought C − C_min down by ε = `epsilon_relative`: a configuration's t1 = 'auto' for
+        every flow that does not state a time of its own (the comparison a study makes)."""
+        if not (math.isfinite(epsilon_relative) and epsilon_relative > 0):
+            raise ValueError(f"epsilon_relative must be positive, got {epsilon_relative!r}")
+        return 0.0 if epsilon_relative >= 1 else math.log(1.0 / epsilon_relative) / (2.0 * problem.kappa)
+
     def spectrum_route(self, problem) -> str:
         """How the guards and diagnostics measure σ(D) for this flow: 'gram' (eigenvalues of Θ,
         cheap, resolves σ ≥ √eps·σ_max) or 'factor' (SVD of D, for flows that factorise D)."""

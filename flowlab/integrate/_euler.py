@@ -106,7 +106,7 @@ def _initial_damping(problem, theta0, opts):
 def _iterate(problem, flow, theta0, opts: IntegratorOptions) -> dict:
     flow = flow.at_start(problem, theta0)
     cost0 = problem.cost(theta0)
-    target = cost_target(opts, cost0)
+    target = cost_target(opts, cost0, problem)
     target = jnp.asarray(-jnp.inf, theta0.dtype) if target is None else target
 
     def record(theta, t, x, damping):

@@ -231,7 +231,7 @@ def _solve(problem, flow: AbstractFlow, theta0, opts: IntegratorOptions) -> dict
         theta = theta_of(y)
         return saved_statistics(problem, flow, theta, problem.outputs(theta), opts)
 
-    target = cost_target(opts, cost0)
+    target = cost_target(opts, cost0, problem)
     event, names = _events(problem, flow, theta0, cost0, target, theta_of, flags_of, y0, opts)
     solver, controller = _stepping(problem, flow, cost0, target, opts,
                                    flagged=flags_of(y0) is not None)

@@ -169,7 +169,8 @@ class IntegratorOptions(eqx.Module):
     # --- stops, shared by both ------------------------------------------------------------
     cost_target: float | None = setting(None, "stop at C <= this", OPTIONAL_POSITIVE)
     cost_target_relative: float | None = setting(
-        None, "stop at C <= this·C(θ0); with t1 = 'auto' in a config also the ε of T_ε",
+        None, "stop at C − C_min <= this·(C(θ0) − C_min), C_min the loss's infimum (0 for the "
+        "squared loss); with t1 = 'auto' in a config also the ε of T_ε",
         OPTIONAL_FRACTION)
     sigma_min_tol: float | None = setting(None, "stop when σ_min(D) < this (rank loss)",
                                           OPTIONAL_POSITIVE)
@@ -194,7 +195,8 @@ class IntegratorOptions(eqx.Module):
     progress: bool = setting(False, "a tqdm progress bar over s", BOOL, static=True,
                              config=False)
     # --- Euler steps (euler_steps) ----------------------------------------------------------
-    step_size: float | None = setting(None, "Euler step h (off: 1/κ, the Gauss–Newton step)",
+    step_size: float | None = setting(None, "Euler step h (off: the flow's own, 1/κ for the adapted "
+                                      "flow: the Gauss–Newton step; 1 for the hessian_metric flow)",
                                       OPTIONAL_POSITIVE)
     num_steps: int = setting(50, "Euler step budget", COUNT, static=True)
     backtracking: bool = setting(False, "halve an Euler step until the cost decreases", BOOL,
@@ -207,8 +209,9 @@ class IntegratorOptions(eqx.Module):
         "auto", "ENGD's line search for Euler steps: try h·2^-j, j = 0..n-1, and take the lowest "
         "cost (n cost evaluations per step; off: none). With it or backtracking a step that "
         "lowers no cost ends the run ('no_descent'). 'auto': AUTO_GRID_SEARCH (30) for a general "
-        "residual problem (a ResidualProblem: PINNs, classical models) unless backtracking or "
-        "levenberg_marquardt is on, off for a network's fit to data", AUTO_OR_COUNT,
+        "residual problem (a ResidualProblem: PINNs, classical models) and for the hessian_metric "
+        "flow on a loss other than the squared one, unless backtracking or levenberg_marquardt is "
+        "on; off for a network's least-squares fit to data", AUTO_OR_COUNT,
         static=True)
     levenberg_marquardt: bool = setting(
         False, "Levenberg–Marquardt steps of the adapted flow: θ ← θ − hDᵀ(Θ + λI)⁻¹∇_X C, "
@@ -286,10 +289,10 @@ class IntegratorOptions(eqx.Module):
         max_condition = self.max_condition
         if max_condition == "auto":
             max_condition = flow.default_max_condition(problem)
-        step = 1.0 / problem.kappa if self.step_size is None else self.step_size
+        step = flow.default_step_size(problem) if self.step_size is None else self.step_size
         grid_search = self.grid_search
         if grid_search == "auto":
-            grid_search = (AUTO_GRID_SEARCH if problem.general_residual and not (
+            grid_search = (AUTO_GRID_SEARCH if flow.steps_need_search(problem) and not (
                 self.backtracking or self.levenberg_marquardt) else None)
         bound = flow.rate_bound(problem)
         bound_slack = self.bound_slack if math.isfinite(bound) else None

@@ -22,15 +22,21 @@ def saved_statistics(problem, flow, theta, outputs, opts: IntegratorOptions) -> 
     return out
 
 
-def cost_target(opts: IntegratorOptions, cost0):
-    """The cost to stop at: the larger of cost_target and cost_target_relative·C(θ0); None
-    when neither is set."""
-    targets = [t for t in (opts.cost_target, None if opts.cost_target_relative is None
-                           else opts.cost_target_relative * cost0) if t is not None]
+def cost_target(opts: IntegratorOptions, cost0, problem=None):
+    """The cost to stop at: the larger of cost_target and C_min + cost_target_relative·(C(θ0) −
+    C_min), C_min the loss's infimum (0 for the squared loss; 0 where the loss states none);
+    None when neither is set."""
+    relative = None
+    if opts.cost_target_relative is not None:
+        c_min = jnp.zeros_like(cost0)
+        if problem is not None:
+            c_min = jnp.asarray(problem.loss.minimum(problem.targets), cost0.dtype)
+            c_min = jnp.where(jnp.isfinite(c_min), c_min, 0.0)
+        relative = c_min + opts.cost_target_relative * (cost0 - c_min)
+    targets = [t for t in (opts.cost_target, relative) if t is not None]
     if not targets:
         return None
     return jnp.max(jnp.stack(targets)) if len(targets) > 1 else targets[0]
-
 
 
 def resolved_cost(problem, opts: IntegratorOptions):

@@ -6,7 +6,6 @@ import inspect
 import jax.numpy as jnp
 import jax.random as jr
 
-from .. import theory
 from ..data import GENERATORS, Dataset, load_csv, load_npz, train_test_split
 from ..integrate import IntegratorOptions
 from ..losses import LOSSES
@@ -119,14 +118,15 @@ def make_flow(study, name: str):
     return study.flows[name]
 
 
-def make_options(study, values: dict, kappa: float) -> IntegratorOptions:
+def make_options(study, values: dict, problem, flow) -> IntegratorOptions:
     """The cell's IntegratorOptions: the config's (`Study.options`) with the cell's step size and
-    t1 = 'auto' resolved to t1_factor·ln(1/ε)/(2κ), the a priori T_ε of the adapted flow."""
+    t1 = 'auto' resolved to t1_factor·T_ε, the flow's a priori stopping time
+    (`AbstractFlow.stopping_time`: ln(1/ε)/(2κ), the adapted flow's, for most flows)."""
     integ = study.config["integrator"]
     changes = {"step_size": values["step_size"]}
     if integ["t1"] == "auto":
         eps = integ["cost_target_relative"] or study.config["analysis"]["epsilon"]
-        changes["t1"] = integ["t1_factor"] * theory.stopping_time(1.0, eps, kappa)
+        changes["t1"] = integ["t1_factor"] * flow.stopping_time(problem, eps)
     if integ["method"] == "euler":
         changes["t1"] = IntegratorOptions().t1  # unused by Euler steps
         changes["ts"] = None

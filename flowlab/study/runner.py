@@ -56,7 +56,7 @@ def build_cell(study: Study, cell: Cell) -> CellSetup:
     problem = make_problem(study, models[0], dataset)
     theta0 = jnp.stack([problem.flatten(m) for m in models])
     flow = make_flow(study, v["flow"])
-    opts = make_options(study, v, problem.kappa)
+    opts = make_options(study, v, problem, flow)
     if study.config["analysis"]["path_lengths"]:
         opts = opts.build(opts, extras=SUBRIEMANNIAN_EXTRAS, save_theta=True)
     more = ExtraAnalyses(study, v, problem, models[0])  # test loss, PDE error (study.extras)
