@@ -13,8 +13,10 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     (docs: Getting started, "What a first call costs"), a cached one a fraction of that.
 
     Call it before the first solve. Every executable is stored, not only those that took
-    over a second: a study compiles many small functions per shape. Executables with host
-    callbacks are never stored by JAX (docs, How-to → GPU and multi-device).
+    over a second: a study compiles many small functions per shape. JAX stores no executable
+    with host callbacks, and a `simulate` solve has two (equinox's checks of the save times):
+    set EQX_ON_ERROR=nan in the environment to have it stored, as the CLI does for its own
+    process (docs, How-to → GPU and multi-device). `euler_steps` solves are stored as they are.
 
     **Arguments:**
 
