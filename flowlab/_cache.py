@@ -10,15 +10,24 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     """Keep every compiled executable on disk, so that a second process (a rerun of a script,
     the next cell of a notebook session after a restart) loads a solve instead of compiling
     it again: the first call of `simulate` or `euler_steps` costs seconds of XLA compilation
-    (docs: "What a first call costs"), a cached one a fraction of that.
-
-    **Arguments:** `path`, the cache folder (default: $FLOWLAB_COMPILATION_CACHE, else
-    ~/.cache/flowlab/xla; '0', 'off' or 'none' turn the cache off).
-
-    **Returns:** the folder in use, or None when the cache is off or cannot be made.
+    (docs: Getting started, "What a first call costs"), a cached one a fraction of that.
 
     Call it before the first solve. Every executable is stored, not only those that took
-    over a second: a study compiles many small functions per shape."""
+    over a second: a study compiles many small functions per shape. JAX stores no executable
+    with host callbacks, and a `simulate` solve has two (equinox's checks of the save times):
+    set EQX_ON_ERROR=nan in the environment to have it stored, as the CLI does for its own
+    process (docs, How-to → GPU and multi-device). `euler_steps` solves are stored as they are.
+
+    **Arguments:**
+
+    - `path`: the cache folder; None: $FLOWLAB_COMPILATION_CACHE, else ~/.cache/flowlab/xla.
+      '0', 'off', 'none' or '' turn the cache off.
+
+    **Returns:**
+
+    The folder in use, or None when the cache is off or cannot be made (a folder that cannot
+    be created, a JAX without the setting): no exception.
+    """
     import jax
 
     path = path if path is not None else os.environ.get("FLOWLAB_COMPILATION_CACHE",

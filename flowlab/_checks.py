@@ -10,10 +10,19 @@ __all__ = ["Check", "SettingError"]
 
 
 class SettingError(ValueError):
-    """A refused setting: `key` names it (a setting, or a dotted config key; '' where the
-    caller knows it), `expected` says what is accepted ("a positive number") and `got` is the
-    value found. The message reads "{scope} {key} = {got!r}: expected {expected}" unless
-    `message` is given."""
+    """A refused setting (a ValueError), raised by `IntegratorOptions` and the config schema.
+
+    The message reads "{scope} {key} = {got!r}: expected {expected}" unless `message` is
+    given; `key`, `expected` and `got` are kept as attributes.
+
+    **Arguments:**
+
+    - `key`: the setting's name, or a dotted config key ('' where the caller knows it).
+    - `expected`: what is accepted ("a positive number").
+    - `got`: the value found.
+    - `scope`: the word before the key in the message ("setting", "integrator setting").
+    - `message`: the whole message, in place of the default.
+    """
 
     def __init__(self, key: str, expected: str, got: Any, *, scope: str = "setting",
                  message: str | None = None):

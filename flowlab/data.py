@@ -20,8 +20,18 @@ def _is_concrete(x) -> bool:
 class Dataset(eqx.Module):
     """N inputs x_j in R^M with targets y_j in R^Q.
 
-    Stacked targets Y = (y_1, ..., y_N) in R^{QN} are j-major, as the outputs X(θ).
-    Raises ValueError on mismatched shapes, non-float data or NaN/inf.
+    Stacked targets Y = (y_1, ..., y_N) in R^{QN} are j-major, as the outputs X(θ). Both
+    arrays are stored in the default float dtype (float64 with `jax_enable_x64`).
+
+    **Arguments:**
+
+    - `inputs`: the inputs, shape (N, M) (a 1-D array is N inputs of dimension 1).
+    - `targets`: the targets, shape (N, Q) (a 1-D array is N targets of width 1).
+
+    **Raises:**
+
+    - `ValueError`: on shapes that are not (N, M) and (N, Q) with the same N ≥ 1, non-numeric
+      data, or NaN/inf entries.
     """
 
     inputs: Float[Array, "N M"]
@@ -86,7 +96,26 @@ def teacher(
     activation: str = "tanh",
     noise: float = 0.0,
 ) -> Dataset:
-    """Targets from a random MLP (the teacher) on Gaussian inputs, plus optional noise."""
+    """Targets from a random MLP (the teacher) on Gaussian inputs, plus optional noise.
+
+    **Arguments:**
+
+    - `key`: the PRNG key of the inputs, the teacher and the noise.
+    - `num_points`: N.
+    - `in_size`: M, the inputs' dimension (x_j ~ N(0, I)).
+    - `out_size`: Q, the teacher's outputs.
+    - `hidden`: the teacher's hidden widths.
+    - `activation`: the teacher's activation (a name of `flowlab.nets.ACTIVATIONS`).
+    - `noise`: the standard deviation of Gaussian noise added to the targets.
+
+    **Returns:**
+
+    A `Dataset` of N examples.
+
+    **Raises:**
+
+    - `ValueError`: from the teacher `MLP`: an unknown activation or a size below 1.
+    """
     from .nets import MLP
 
     kx, kt, kn = jr.split(key, 3)
@@ -99,7 +128,20 @@ def teacher(
 def smooth_regression(
     key: PRNGKeyArray, num_points: int, in_size: int = 2, out_size: int = 1, noise: float = 0.0
 ) -> Dataset:
-    """y_q = sin(π <w_q, x>) + cos(<v_q, x>)/2 on x uniform in [-1, 1]^M, w, v ~ N(0, I)."""
+    """y_q = sin(π <w_q, x>) + cos(<v_q, x>)/2 on x uniform in [-1, 1]^M, w, v ~ N(0, I).
+
+    **Arguments:**
+
+    - `key`: the PRNG key of the inputs, w, v and the noise.
+    - `num_points`: N.
+    - `in_size`: M.
+    - `out_size`: Q.
+    - `noise`: the standard deviation of Gaussian noise added to the targets.
+
+    **Returns:**
+
+    A `Dataset` of N examples.
+    """
     kx, kw, kv, kn = jr.split(key, 4)
     x = jr.uniform(kx, (num_points, in_size), minval=-1.0, maxval=1.0)
     w = jr.normal(kw, (in_size, out_size))
@@ -111,7 +153,19 @@ def smooth_regression(
 def random_labels(
     key: PRNGKeyArray, num_points: int, in_size: int, out_size: int = 1
 ) -> Dataset:
-    """Gaussian inputs with independent N(0, 1) targets: nothing to learn but memorisation."""
+    """Gaussian inputs with independent N(0, 1) targets: nothing to learn but memorisation.
+
+    **Arguments:**
+
+    - `key`: the PRNG key of the inputs and the targets.
+    - `num_points`: N.
+    - `in_size`: M.
+    - `out_size`: Q.
+
+    **Returns:**
+
+    A `Dataset` of N examples.
+    """
     kx, ky = jr.split(key)
     return Dataset(
         _gaussian_inputs(kx, num_points, in_size), jr.normal(ky, (num_points, out_size))
@@ -126,9 +180,27 @@ def gaussian_clusters(
     spread: float = 0.5,
     label_smoothing: float = 0.0,
 ) -> Dataset:
-    """Points around num_classes random unit-variance centres with one-hot targets (Q =
-    classes); label_smoothing = ε in (0, 1) gives (1 − ε)·onehot + ε/Q, labels in the open
-    simplex as the cross-entropy cost needs."""
+    """Points around `num_classes` random centres (drawn from N(0, I)) with one-hot targets
+    (Q = classes).
+
+    **Arguments:**
+
+    - `key`: the PRNG key of the centres, the labels and the points.
+    - `num_points`: N.
+    - `in_size`: M.
+    - `num_classes`: Q ≥ 2.
+    - `spread`: the standard deviation of the points around their centre.
+    - `label_smoothing`: ε in [0, 1); ε > 0 gives (1 − ε)·onehot + ε/Q, labels in the open
+      simplex as the cross-entropy cost needs.
+
+    **Returns:**
+
+    A `Dataset` of N examples.
+
+    **Raises:**
+
+    - `ValueError`: when `num_classes` < 2 or `label_smoothing` is not in [0, 1).
+    """
     if num_classes < 2:
         raise ValueError(f"gaussian_clusters needs num_classes >= 2, got {num_classes}")
     if not 0.0 <= label_smoothing < 1.0:
@@ -279,8 +351,24 @@ def read_csv(path: str | os.PathLike, num_targets: int = 1, *, delimiter: str = 
 
 
 def load_npz(path: str | os.PathLike, inputs_key: str = "inputs", targets_key: str = "targets"):
-    """Load a Dataset from an .npz file holding two arrays (pickled objects are refused);
-    every problem is a DataFileError (a ValueError) naming the file (`read_npz`)."""
+    """Load a Dataset from an .npz file holding two arrays (pickled objects are refused).
+
+    **Arguments:**
+
+    - `path`: the .npz file.
+    - `inputs_key`: the name of the inputs array, (N, M) or (N,).
+    - `targets_key`: the name of the targets array, (N, Q) or (N,).
+
+    **Returns:**
+
+    A `Dataset`.
+
+    **Raises:**
+
+    - `DataFileError` (a ValueError): for every problem with the file, naming it: unreadable,
+      not an .npz archive, a missing or damaged array, pickled objects, non-numeric or
+      non-finite values, wrong shapes or disagreeing N (`flowlab.data.read_npz`).
+    """
     return Dataset(*read_npz(path, inputs_key, targets_key))
 
 
@@ -289,8 +377,23 @@ def load_csv(
 ) -> Dataset:
     """Load a Dataset from a CSV file whose last `num_targets` columns are the targets.
 
-    A first row with no number in it is taken as a header (or set `header`); every problem is a
-    DataFileError (a ValueError) naming the file, line and column (`read_csv`).
+    **Arguments:**
+
+    - `path`: the CSV file (UTF-8; blank lines are skipped).
+    - `num_targets`: how many trailing columns are targets (Q); at least one column must be
+      left for the inputs.
+    - `delimiter`: the column separator.
+    - `header`: whether the first row is a header; None: it is when it holds no number.
+
+    **Returns:**
+
+    A `Dataset`.
+
+    **Raises:**
+
+    - `DataFileError` (a ValueError): for every problem with the file, naming the file, line
+      and column: unreadable, not UTF-8, no rows, ragged rows, an empty, non-numeric, NaN or
+      inf entry, or `num_targets` leaving no inputs (`flowlab.data.read_csv`).
     """
     return Dataset(*read_csv(path, num_targets, delimiter=delimiter, header=header))
 

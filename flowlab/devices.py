@@ -33,8 +33,18 @@ DATA_AXIS = "data"
 
 
 def device_mesh(devices=None, axis: str = SEED_AXIS) -> Mesh:
-    """A 1-D Mesh over `devices` (default: all of `jax.devices()`) with axis `axis` ("seeds";
-    "data" for the examples' axis)."""
+    """A 1-D Mesh over devices.
+
+    **Arguments:**
+
+    - `devices`: the devices; None: all of `jax.devices()` (every process's, multi-host).
+    - `axis`: the mesh axis name: "seeds" (`SEED_AXIS`, the batch of θ0) or "data"
+      (`DATA_AXIS`, the examples, `flowlab.ShardedGram`).
+
+    **Returns:**
+
+    A `jax.sharding.Mesh` of shape (len(devices),).
+    """
     devices = jax.devices() if devices is None else list(devices)
     return Mesh(np.asarray(devices), (axis,))
 
@@ -64,7 +74,20 @@ def pad_batch(batch, multiple: int):
 
 
 def shard_batch(batch, mesh: Mesh | None = None) -> jax.Array:
-    """`batch` (B, ...) padded to a multiple of the device count and split along axis 0."""
+    """`batch` (B, ...) padded to a multiple of the device count and split along axis 0.
+
+    The padding repeats the last row, so it is a valid, finite problem; `simulate` strips it
+    from the results.
+
+    **Arguments:**
+
+    - `batch`: an array with the seeds on axis 0 (numpy or JAX; it is copied to the host).
+    - `mesh`: the mesh to split over (axis "seeds"); None: `device_mesh()`.
+
+    **Returns:**
+
+    A global `jax.Array` of shape (mesh.size·⌈B/mesh.size⌉, ...), sharded along axis 0.
+    """
     mesh = device_mesh() if mesh is None else mesh
     host = pad_batch(batch, mesh.size)
     sharding = NamedSharding(mesh, PartitionSpec(SEED_AXIS))

@@ -18,10 +18,25 @@ from .linalg import default_rcond
 class Equilibrium(eqx.Module):
     """What `analyse_equilibrium` measured at θ (plain numpy/float fields).
 
-    rank is #{σ > rank_cutoff}, rank_cutoff = rank_rtol·σ_max; hessian_null_count is
-    #{|λ| ≤ hessian_cutoff}, hessian_cutoff = hessian_rtol·max|λ|; expected_null_dim = K − rank.
-    stationarity = |Dᵀ∇_X C| and stationarity_relative = that / (σ_max |∇_X C|) (0 at an
-    equilibrium, 1 at most); residual_gradient_norm = |∇_X C|.
+    `expected_null_dim` = K − rank (a property), `rank_deficient` = rank < QN, and
+    `as_dict()` gives the scalars with σ_max and σ_min.
+
+    **Attributes:**
+
+    - `cost`: C(θ).
+    - `singular_values`: σ of D, decreasing.
+    - `rank`: #{σ > rank_cutoff}.
+    - `rank_cutoff`: rank_rtol·σ_max.
+    - `rank_rtol`: the relative rank cutoff used.
+    - `stationarity`: |Dᵀ∇_X C|.
+    - `stationarity_relative`: stationarity / (σ_max |∇_X C|) (0 at an equilibrium, 1 at
+      most).
+    - `residual_gradient_norm`: |∇_X C|.
+    - `hessian_eigenvalues`: the eigenvalues λ of the cost's Hessian, ascending.
+    - `hessian_null_count`: #{|λ| ≤ hessian_cutoff}.
+    - `hessian_cutoff`: hessian_rtol·max|λ|.
+    - `hessian_rtol`: the relative Hessian cutoff used.
+    - `num_params`, `num_outputs`: K and QN.
     """
 
     cost: float
@@ -86,7 +101,24 @@ def analyse_equilibrium(
     The singular values come from the SVD of D itself (min(QN, K) of them, decreasing);
     rank_rtol defaults to max(QN, K)·eps (numpy's matrix_rank). The Hessian is jax.hessian of
     the cost, symmetrised, K × K. Choose hessian_rtol above the Hessian's error at θ
-    (≈ distance to the true equilibrium × third derivatives) and check the printed gap."""
+    (≈ distance to the true equilibrium × third derivatives) and check the printed gap.
+
+    **Arguments:**
+
+    - `problem`: the problem.
+    - `theta`: θ, shape (K,).
+    - `rank_rtol`: the rank cutoff relative to σ_max, in (0, 1); None: max(QN, K)·eps.
+    - `hessian_rtol`: the null-eigenvalue cutoff relative to max|λ|, in (0, 1).
+
+    **Returns:**
+
+    An `Equilibrium`.
+
+    **Raises:**
+
+    - `ValueError`: when θ is not of shape (K,), a cutoff is not in (0, 1), or the Hessian is
+      not finite at θ.
+    """
     theta = jnp.asarray(theta)
     if theta.shape != (problem.num_params,):
         raise ValueError(f"theta must have shape (K,) = ({problem.num_params},), got {theta.shape}")
@@ -125,7 +157,12 @@ class ScalarProductModel(eqx.Module):
     r"""The toy model f(x) = u·v·x for scalar inputs x = a_j: X_j = u v a_j, K = 2, rank D = 1
     wherever (u, v) ≠ 0. Its equilibria with (u, v) ≠ 0 are the hyperbola u v = <a, Y>/|a|²;
     the standard and adapted flows both conserve u² − v² (θ' ∝ (v, u)), so each start ends where
-    that hyperbola meets u² − v² = u0² − v0²."""
+    that hyperbola meets u² − v² = u0² − v0² (`product_model_endpoint`).
+
+    **Arguments:**
+
+    - `u`, `v`: the two parameters at initialisation.
+    """
 
     u: Float[Array, ""]
     v: Float[Array, ""]
@@ -140,7 +177,22 @@ class ScalarProductModel(eqx.Module):
 def product_model_endpoint(u0, v0, a, y) -> np.ndarray:
     """The predicted end point (u, v) of the toy model's flows from (u0, v0): on u v = w* =
     <a, Y>/|a|² with u² − v² = c = u0² − v0². The larger coordinate never passes 0, so it keeps
-    its sign (c > 0: u, c < 0: v); along that branch w = u v is monotone in the other one."""
+    its sign (c > 0: u, c < 0: v); along that branch w = u v is monotone in the other one.
+
+    **Arguments:**
+
+    - `u0`, `v0`: the start.
+    - `a`: the inputs a_j.
+    - `y`: the targets Y.
+
+    **Returns:**
+
+    The end point (u, v), shape (2,).
+
+    **Raises:**
+
+    - `ValueError`: when u0² = v0² (the orbit runs into (0, 0) or starts on a diagonal).
+    """
     a, y = np.ravel(a), np.ravel(y)
     w = float(a @ y / (a @ a))
     c = float(u0) ** 2 - float(v0) ** 2

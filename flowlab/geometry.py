@@ -18,7 +18,19 @@ from .linalg import default_rcond, jacobian_svd
 
 
 def kernel_component(problem, theta, v: Float[Array, " K"], rcond: float | None = None):
-    """The projection of v onto ker D (singular values ≤ rcond·σ_max count as zero)."""
+    """The projection of v onto ker D (singular values ≤ rcond·σ_max count as zero).
+
+    **Arguments:**
+
+    - `problem`: the problem.
+    - `theta`: θ, where D is taken (by its SVD).
+    - `v`: a vector of parameter space, shape (K,).
+    - `rcond`: the cutoff relative to σ_max; None: max(QN, K)·eps.
+
+    **Returns:**
+
+    P_{ker D} v, shape (K,).
+    """
     rcond = default_rcond(problem) if rcond is None else rcond
     _, s, vt = jacobian_svd(problem, theta)
     keep = s > rcond * s[0]
@@ -26,17 +38,44 @@ def kernel_component(problem, theta, v: Float[Array, " K"], rcond: float | None 
 
 
 def parameter_speed(problem, flow, theta) -> Scalar:
-    """|θ'|, the Euclidean speed."""
+    """|θ'|, the Euclidean speed.
+
+    **Arguments:**
+
+    - `problem`, `flow`, `theta`: the problem, the flow and the point θ.
+
+    **Returns:**
+
+    |θ'| at θ, a scalar.
+    """
     return jnp.linalg.norm(flow.velocity(problem, theta))
 
 
 def output_speed(problem, flow, theta) -> Scalar:
-    """|Dθ'| = |X'|, the g-speed of a horizontal velocity."""
+    """|Dθ'| = |X'|, the g-speed of a horizontal velocity.
+
+    **Arguments:**
+
+    - `problem`, `flow`, `theta`: the problem, the flow and the point θ.
+
+    **Returns:**
+
+    |X'| at θ, a scalar (one jvp).
+    """
     return jnp.linalg.norm(flow.output_velocity(problem, theta))
 
 
 def vertical_fraction(problem, flow, theta) -> Scalar:
-    """|P_{ker D} θ'| / |θ'| (0 for a horizontal field; 0 where θ' = 0)."""
+    """|P_{ker D} θ'| / |θ'| (0 for a horizontal field; 0 where θ' = 0).
+
+    **Arguments:**
+
+    - `problem`, `flow`, `theta`: the problem, the flow and the point θ.
+
+    **Returns:**
+
+    The fraction in [0, 1], a scalar.
+    """
     v = flow.velocity(problem, theta)
     norm = jnp.linalg.norm(v)
     vert = jnp.linalg.norm(kernel_component(problem, theta, v))
@@ -73,7 +112,24 @@ def path_lengths(trajectory) -> dict:
     g_length = ∫|Dθ'| ds (the output path's length), euclidean_length = ∫|θ'| ds,
     output_chord = |X(0) − X(T)|, output_distance = |X(0) − Y| (the g-length of the adapted
     flow run to the end), g_ratio = g_length / output_chord (1 for a straight output path),
-    max_vertical_fraction, and parameter_chord = |θ(T) − θ(0)| when θ was saved."""
+    max_vertical_fraction, and parameter_chord = |θ(T) − θ(0)| when θ was saved.
+
+    **Arguments:**
+
+    - `trajectory`: one (unbatched) `Trajectory` from
+      `simulate(..., extras=SUBRIEMANNIAN_EXTRAS)`.
+
+    **Returns:**
+
+    A dict of floats: `t_end`, `g_length`, `g_length_error`, `euclidean_length`,
+    `euclidean_length_error`, `output_chord`, `output_distance`, `g_ratio`,
+    `max_vertical_fraction`, and `parameter_chord` when θ was saved.
+
+    **Raises:**
+
+    - `ValueError`: when the trajectory is batched (use `trajectory.seed(i)`) or lacks the
+      extras of `SUBRIEMANNIAN_EXTRAS`.
+    """
     tr = trajectory
     if tr.batch_shape:
         raise ValueError("path_lengths takes one trajectory; use trajectory.seed(i)")

@@ -25,8 +25,20 @@ class SoftmaxCrossEntropy(AbstractLoss):
     """Softmax cross-entropy against labels in the open simplex (every y_ji > 0, Σ_i y_ji = 1).
 
     Use as ``LeastSquaresProblem(model, dataset, loss=SoftmaxCrossEntropy())``: the problem
-    binds it to the data (Q = the targets' width, N the number of points) and refuses labels
-    with a zero entry or a row sum ≠ 1. κ = 1/N is the prefactor (∇_X C = κ(softmax − y))."""
+    binds it to the data (Q = the targets' width, N the number of points). κ = 1/N is the
+    prefactor (∇_X C = κ(softmax − y)).
+
+    **Arguments:**
+
+    - `num_classes`: Q, or None to take it from the targets when bound.
+    - `num_points`: N, or None to take it from the targets when bound.
+
+    **Raises:**
+
+    - `ValueError`: when bound (by `LeastSquaresProblem`) to targets with Q < 2 columns, a
+      width other than `num_classes`, an entry ≤ 0 or a row sum ≠ 1 (within
+      `SIMPLEX_SUM_TOL`); when evaluated before it is bound.
+    """
 
     num_classes: int | None = eqx.field(static=True, default=None)
     num_points: int | None = eqx.field(static=True, default=None)
@@ -123,7 +135,21 @@ class SoftmaxCrossEntropy(AbstractLoss):
 
 
 def smooth_labels(targets: Float[Array, "N Q"], epsilon: float = 0.1) -> Float[Array, "N Q"]:
-    """(1 − ε)·y + ε/Q: one-hot labels moved into the open simplex (0 < ε ≤ 1)."""
+    """(1 − ε)·y + ε/Q: one-hot labels moved into the open simplex.
+
+    **Arguments:**
+
+    - `targets`: labels, shape (N, Q) (one-hot rows).
+    - `epsilon`: ε in (0, 1].
+
+    **Returns:**
+
+    The smoothed labels, shape (N, Q).
+
+    **Raises:**
+
+    - `ValueError`: when `epsilon` is not in (0, 1].
+    """
     if not (math.isfinite(epsilon) and 0 < epsilon <= 1):
         raise ValueError(f"epsilon must be in (0, 1], got {epsilon!r}")
     targets = jnp.asarray(targets)

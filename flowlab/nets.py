@@ -43,6 +43,24 @@ class MLP(eqx.Module):
     W ~ N(0, σ_w²/fan_in), b ~ N(0, σ_b²); under ``"ntk"`` W, b ~ N(0, 1) with
     s_l = σ_w/√fan_in and t_l = σ_b. Both give the same function at initialisation;
     they differ in the gradient geometry. K = Σ_l M_l (M_{l-1} + 1) with biases.
+
+    **Arguments:**
+
+    - `in_size`: M, the input dimension.
+    - `out_size`: Q, the output dimension.
+    - `hidden`: the hidden widths, one per hidden layer (empty: a linear model).
+    - `activation`: σ, a name of `flowlab.nets.ACTIVATIONS`.
+    - `use_bias`: whether the layers have biases.
+    - `parametrization`: ``"standard"`` or ``"ntk"``.
+    - `weight_std`: σ_w > 0.
+    - `bias_std`: σ_b ≥ 0.
+    - `key`: the PRNG key of the initial weights and biases.
+    - `dtype`: the parameters' dtype (default: the default float dtype).
+
+    **Raises:**
+
+    - `ValueError`: on an unknown activation or parametrisation, a layer size below 1,
+      `weight_std` ≤ 0 or `bias_std` < 0.
     """
 
     weights: list[Float[Array, "out in"]]
@@ -148,7 +166,22 @@ class ConvNet(eqx.Module):
     reshaped to (C, H, W), passed through `len(channels)` 3×3 convolutions ('SAME' padding,
     activation after each), flattened and mapped to `out_size` by a linear layer. For 8×8
     digits: ConvNet(8, 8, 10, channels=(8, 16)). Any equinox model works in a
-    LeastSquaresProblem; this one is a non-MLP test bed (the BlockedGram forms its Gram)."""
+    LeastSquaresProblem; this one is a non-MLP test bed (the BlockedGram forms its Gram).
+
+    **Arguments:**
+
+    - `height`, `width`: H and W of the images.
+    - `out_size`: Q.
+    - `channels`: the output channels of each convolution.
+    - `activation`: a name of `flowlab.nets.ACTIVATIONS`.
+    - `in_channels`: C.
+    - `key`: the PRNG key of the initial parameters.
+    - `dtype`: the parameters' dtype (default: the default float dtype).
+
+    **Raises:**
+
+    - `ValueError`: on an unknown activation.
+    """
 
     convs: list[eqx.nn.Conv2d]
     head: eqx.nn.Linear
@@ -177,7 +210,22 @@ class ConvNet(eqx.Module):
 
 class ResidualMLP(eqx.Module):
     r"""x -> W_in x, then `depth` blocks h <- h + W₂ σ(W₁ LN(h)) (pre-norm residual blocks with a
-    learned layer norm), then W_out LN(h): an MLP with residual connections and layer norm."""
+    learned layer norm), then W_out LN(h): an MLP with residual connections and layer norm.
+
+    **Arguments:**
+
+    - `in_size`: M.
+    - `out_size`: Q.
+    - `width`: the width of h.
+    - `depth`: the number of residual blocks.
+    - `activation`: σ, a name of `flowlab.nets.ACTIVATIONS`.
+    - `key`: the PRNG key of the initial parameters.
+    - `dtype`: the parameters' dtype (default: the default float dtype).
+
+    **Raises:**
+
+    - `ValueError`: on an unknown activation.
+    """
 
     embed: eqx.nn.Linear
     blocks: list[tuple[eqx.nn.LayerNorm, eqx.nn.Linear, eqx.nn.Linear]]

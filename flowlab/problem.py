@@ -36,7 +36,12 @@ class AbstractLoss(eqx.Module):
     A loss states its prefactor κ (`kappa`: the rate theory's κ, 1/κ the Gauss–Newton step),
     its value and ∇_X C, and what is known of the adapted output flow X' = −∇_X C on it: the
     infimum, where the flow from X(0) ends, and what it conserves (NaN or an empty array where
-    nothing is known)."""
+    nothing is known).
+
+    **Attributes:**
+
+    - `kappa`: the prefactor κ > 0 (a subclass declares it as a field or a property).
+    """
 
     kappa: eqx.AbstractVar[float]
 
@@ -150,7 +155,17 @@ class AbstractLoss(eqx.Module):
 
 
 class SquaredLoss(AbstractLoss):
-    """C = (κ/2)|X − Y|², ∇_X C = κ(X − Y). The paper takes κ = 1/N."""
+    """C = (κ/2)|X − Y|², ∇_X C = κ(X − Y). The paper takes κ = 1/N.
+
+    **Arguments:**
+
+    - `kappa`: the prefactor κ, a positive finite number (`LeastSquaresProblem` passes 1/N
+      unless told otherwise).
+
+    **Raises:**
+
+    - `ValueError`: when `kappa` is not a positive finite number.
+    """
 
     kappa: float = eqx.field(static=True)
 
@@ -211,6 +226,16 @@ class AbstractProblem(eqx.Module):
     groups (`row_groups`) that a Gram strategy can form a block at a time
     (`group_rows`): one row per example and output for a fit to data, one per collocation
     point for a pointwise residual.
+
+    **Attributes:**
+
+    - `model_static`: the model's non-array part (`eqx.partition`).
+    - `theta0`: θ at initialisation, shape (K,).
+    - `targets`: Y, shape (QN,).
+    - `loss`: the cost C(X), an `AbstractLoss`.
+
+    A subclass defines `outputs`, `row_groups`, `group_rows` and the properties
+    `structured_rows`, `rows_by_example`, `layerwise` and `general_residual`.
     """
 
     model_static: eqx.AbstractVar[eqx.Module]
@@ -338,13 +363,27 @@ class AbstractProblem(eqx.Module):
 class LeastSquaresProblem(AbstractProblem):
     r"""Fit a model to a Dataset in output space.
 
-    `model` is any equinox Module mapping one input x_j in R^M to Q outputs (a flowlab.MLP,
-    a CNN that reshapes its input, a residual network, your own module). θ in R^K is the flat
-    vector of its floating-point arrays; X(θ) = (f_θ(x_1), ..., f_θ(x_N)) in R^{QN}, j-major;
-    C(θ) = (κ/2)|X(θ) − Y|² (κ = 1/N by default); D = ∂X/∂θ is QN × K and Θ = D Dᵀ is the
-    empirical NTK Gram matrix. `loss` replaces the squared loss by any AbstractLoss (the flows
-    only use ∇_X C). Row j of the groups is example j: its Q rows of D cost one reverse pass
-    of f_θ(x_j).
+    θ in R^K is the flat vector of the model's floating-point arrays;
+    X(θ) = (f_θ(x_1), ..., f_θ(x_N)) in R^{QN}, j-major; C(θ) = (κ/2)|X(θ) − Y|² (κ = 1/N by
+    default); D = ∂X/∂θ is QN × K and Θ = D Dᵀ is the empirical NTK Gram matrix. Row j of
+    the groups is example j: its Q rows of D cost one reverse pass of f_θ(x_j).
+
+    **Arguments:**
+
+    - `model`: any equinox Module f_θ mapping one input x_j in R^M to Q outputs (a
+      flowlab.MLP, a CNN that reshapes its input, a residual network, your own module); its
+      floating-point arrays are θ0.
+    - `dataset`: the `Dataset` to fit (N inputs, targets of width Q).
+    - `kappa`: κ of the squared loss (default 1/N).
+    - `loss`: any `AbstractLoss` in place of the squared loss (e.g. `SoftmaxCrossEntropy`;
+      the flows only use ∇_X C); it is bound to the targets here.
+
+    **Raises:**
+
+    - `TypeError`: when `dataset` is not a `flowlab.Dataset` or `model` not an equinox Module.
+    - `ValueError`: when both `kappa` and `loss` are given, the model has no floating-point
+      arrays, it cannot be applied to the inputs or does not map them to (N, Q), or the loss
+      refuses the targets (e.g. labels outside the open simplex for the cross-entropy).
     """
 
     model_static: eqx.Module
@@ -416,8 +455,20 @@ class LeastSquaresProblem(AbstractProblem):
 class ResidualTerm(eqx.Module):
     """One block of a pointwise residual: ρ(model, x) at each of `points`, times `weight`.
 
-    `fn(model, x)` returns a scalar or a 1-D array (q entries per point); `points` is (n, d)
-    (a 1-D array is n points in one dimension)."""
+    **Arguments:**
+
+    - `fn`: `fn(model, x)` returns a scalar or a 1-D array (q entries per point).
+    - `points`: the points x, shape (n, d) with n ≥ 1 (a 1-D array is n points in one
+      dimension; integers are converted to the default float dtype).
+    - `weight`: a positive number multiplying every entry (e.g. 1/√n).
+    - `name`: the term's name in `ResidualProblem.residual_terms`.
+
+    **Raises:**
+
+    - `TypeError`: when `fn` is not callable.
+    - `ValueError`: when `points` is not (n, d) with n ≥ 1, or `weight` is not a positive
+      number.
+    """
 
     fn: Callable = eqx.field(static=True)
     points: Float[Array, "n d"]
@@ -454,7 +505,16 @@ class PointwiseResidual(eqx.Module):
     residual terms evaluated point by point, e.g. a PDE's interior residual at collocation
     points and its boundary residual at boundary points. A `ResidualProblem` built from one
     knows each row of J is one point's reverse pass, so J and the Gram are formed P times
-    cheaper than by jacrev of the whole residual."""
+    cheaper than by jacrev of the whole residual.
+
+    **Arguments:**
+
+    - `terms`: one or more `ResidualTerm`, stacked in this order.
+
+    **Raises:**
+
+    - `TypeError`: when no term is given or one is not a `ResidualTerm`.
+    """
 
     terms: tuple[ResidualTerm, ...]
 
@@ -470,18 +530,31 @@ class PointwiseResidual(eqx.Module):
 class ResidualProblem(AbstractProblem):
     r"""Drive any residual r(θ) in R^P to zero: C = (κ/2)|r(θ)|², J = ∂r/∂θ (MATH §8).
 
-    `residual(model) -> (P,)` is any JAX function of the equinox `model` (a PDE's residual at
-    collocation points, with derivatives of the network in its inputs, plus boundary terms),
-    or a `PointwiseResidual` (rows of J by one reverse pass per point). The problem plays the
-    part of a LeastSquaresProblem with X(θ) = r(θ), Y = 0 and the squared loss (κ = 1/P by
-    default), so every flow, `simulate`, `euler_steps`, the guards and `flowlab.theory` apply
-    unchanged: at full row rank (K ≥ P) the adapted flow gives r(s) = e^{−κs} r(0),
-    C(s) = e^{−2κs} C(0) and the stopping time T_ε = ln(C(0)/ε)/(2κ); its Euler step h = 1/κ
-    is the minimum-norm Gauss–Newton step (energy natural gradient in Woodbury form).
+    The problem plays the part of a LeastSquaresProblem with X(θ) = r(θ), Y = 0 and the
+    squared loss (κ = 1/P by default), so every flow, `simulate`, `euler_steps`, the guards
+    and `flowlab.theory` apply unchanged: at full row rank (K ≥ P) the adapted flow gives
+    r(s) = e^{−κs} r(0), C(s) = e^{−2κs} C(0) and the stopping time T_ε = ln(C(0)/ε)/(2κ);
+    its Euler step h = 1/κ is the minimum-norm Gauss–Newton step (energy natural gradient in
+    Woodbury form).
 
-    Checked when built (`check=True`): `residual` must return a 1-D floating array, finite at
-    θ0, and every entry must depend on θ (a Jacobian row that is zero at θ0 means the entry
-    cannot be moved, so J cannot have full row rank; one evaluation of r and one jvp).
+    **Arguments:**
+
+    - `model`: the equinox model whose floating-point arrays are θ (a flowlab.MLP, an
+      `equinox.nn.MLP`, a classical model written as a Module).
+    - `residual`: `residual(model) -> (P,)`, any JAX function of the model (a PDE's residual
+      at collocation points, with derivatives of the network in its inputs, plus boundary
+      terms), or a `PointwiseResidual` (rows of J by one reverse pass per point).
+    - `kappa`: κ (default 1/P).
+    - `check`: check the residual at θ0 when built: it must be finite there, and every entry
+      must depend on θ (a Jacobian row that is zero at θ0 means the entry cannot be moved, so
+      J cannot have full row rank); one evaluation of r and one jvp.
+
+    **Raises:**
+
+    - `TypeError`: when `residual` is not callable or `model` not an equinox Module.
+    - `ValueError`: when the model has no floating-point arrays, the residual fails on the
+      model or does not return one 1-D floating array of P ≥ 1 entries, and (with `check`)
+      when it is not finite at θ0 or has entries that do not depend on θ.
     """
 
     model_static: eqx.Module

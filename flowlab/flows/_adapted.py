@@ -12,9 +12,20 @@ class AdaptedFlow(AbstractPinvFlow):
     At full row rank (K ≥ QN) θ' = −Dᵀ(DDᵀ)⁻¹∇_X C, so X' = −κ(X − Y),
     X(s) = Y + e^{−κs}(X(0) − Y) and C(s) = e^{−2κs} C(0): every mode at rate κ. At full column
     rank (K < QN) θ' = −(DᵀD)⁻¹Dᵀ∇_X C (Gauss–Newton flow, X' = −P∇_X C, no uniform rate).
-    `solver` picks how D⁺ is applied: 'auto', 'cholesky', 'qr', 'svd' or an AbstractPinvSolver.
-    `rcond` (with solver='svd') drops singular values below rcond·σ_max: a truncated
-    pseudo-inverse, the robust choice for ill-conditioned residual problems such as PINNs.
+
+    **Arguments:**
+
+    - `solver`: how D⁺ is applied: 'auto' (`flowlab.auto_solver`, decided once per run), a
+      name of `flowlab.linalg.SOLVERS` ('cholesky', 'gram_or_qr', 'qr', 'svd',
+      'normal_cholesky', 'cg', 'nystrom') or an `AbstractPinvSolver`.
+    - `rcond`: with solver='svd', drop singular values below rcond·σ_max: a truncated
+      pseudo-inverse, the robust choice for ill-conditioned residual problems such as PINNs.
+
+    **Raises:**
+
+    - `ValueError`: on an unknown solver name, or an `rcond` without solver='svd' or outside
+      (0, 1); when the run resolves the flow, if the solver cannot apply to the problem's
+      shapes (e.g. 'cholesky' with K < QN).
     """
 
     solver: str | AbstractPinvSolver = "auto"

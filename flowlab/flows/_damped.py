@@ -13,6 +13,19 @@ class DampedFlow(AbstractFlow):
     rank; tends to the AdaptedFlow as λ → 0 with error O(λ). With damping = 0 and
     damping_lambda_min = μ every eigenmode of the output flow decays at rate ≥ κ/(1 + μ),
     whatever λ_min(Θ) is.
+
+    **Arguments:**
+
+    - `damping`: the constant part of λ, ≥ 0.
+    - `damping_lambda_min`: μ ≥ 0, the part of λ proportional to λ_min(G) (then G is
+      eigendecomposed at each evaluation instead of factorised).
+    - `gram`: how Θ and w ↦ Dᵀw are obtained for K ≥ QN (default `AutoGram`); for K < QN, D
+      is materialised.
+
+    **Raises:**
+
+    - `ValueError`: when `damping` or `damping_lambda_min` is negative, or both are 0 (that is
+      the AdaptedFlow).
     """
 
     damping: float = eqx.field(static=True, default=1e-3, converter=float)

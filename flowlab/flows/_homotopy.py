@@ -29,14 +29,22 @@ def _as_array(a):
 
 
 class AbstractSpectralFilter(eqx.Module):
-    """σ ↦ f(σ) > 0 on σ > 0: how the field weights each singular direction of D."""
+    """σ ↦ f(σ) > 0 on σ > 0: how the field weights each singular direction of D.
+
+    A subclass defines `__call__(sigma)`, vectorised over the kept singular values.
+    """
 
     @abc.abstractmethod
     def __call__(self, sigma: Float[Array, " r"]) -> Float[Array, " r"]: ...
 
 
 class InterpolatingFilter(AbstractSpectralFilter):
-    """f_α(σ) = (1 − α)σ + α/σ: Dᵀ at α = 0, D⁺ at α = 1."""
+    """f_α(σ) = (1 − α)σ + α/σ: Dᵀ at α = 0, D⁺ at α = 1.
+
+    **Arguments:**
+
+    - `alpha`: α in [0, 1] (a number or a scalar array).
+    """
 
     alpha: float | Array
 
@@ -47,10 +55,22 @@ class InterpolatingFilter(AbstractSpectralFilter):
 class HomotopyFlow(AbstractFlow):
     r"""θ' = −V f(Σ) Uᵀ ∇_X C with f = `filter` (default InterpolatingFilter(alpha)).
 
-    `filter` may be any AbstractSpectralFilter or callable σ ↦ f(σ) (vectorised, positive on
-    σ > 0); singular values ≤ rcond·σ_max are dropped (rcond None: max(QN, K)·eps). Costs one
-    SVD of the QN × K Jacobian per evaluation. α is an array leaf: one compiled solve serves
-    every α."""
+    Costs one SVD of the QN × K Jacobian per evaluation. α is an array leaf: one compiled
+    solve serves every α.
+
+    **Arguments:**
+
+    - `alpha`: α in [0, 1], the homotopy parameter of the default filter.
+    - `filter`: any `AbstractSpectralFilter` or callable σ ↦ f(σ) (vectorised, positive on
+      σ > 0); None: `InterpolatingFilter(alpha)`.
+    - `rcond`: singular values ≤ rcond·σ_max are dropped, rcond in [0, 1); None:
+      max(QN, K)·eps.
+
+    **Raises:**
+
+    - `ValueError`: when `alpha` is not a number in [0, 1], `filter` is not callable, or
+      `rcond` is not in [0, 1).
+    """
 
     alpha: Float[Array, ""] = eqx.field(converter=lambda a: _as_array(a), default=0.5)
     filter: AbstractSpectralFilter | Callable | None = eqx.field(static=True, default=None)

@@ -16,8 +16,19 @@ from ._base import AbstractFlow, linear_theory_applies
 
 
 class InterpolationFlow(AbstractFlow):
-    """dθ/dt = D⁺(Y − X(0)). X(0) = `outputs0`; when None, each run fills it in from its own θ0
-    (`at_start`), so the flow can be named in a config or vmapped over seeds."""
+    """dθ/dt = D⁺(Y − X(0)) on t in [0, 1] (`flowlab.interpolate` runs it).
+
+    **Arguments:**
+
+    - `outputs0`: X(0), shape (QN,); None: each run fills it in from its own θ0
+      (`at_start`), so the flow can be named in a config or vmapped over seeds.
+    - `solver`: how D⁺ is applied, as in `AdaptedFlow`.
+
+    **Raises:**
+
+    - `ValueError`: when the run checks the flow, if `outputs0` is not of shape (QN,) or the
+      solver cannot apply to the problem; when evaluated without `outputs0` outside a run.
+    """
 
     outputs0: Float[Array, " QN"] | None = None
     solver: str | AbstractPinvSolver = "auto"

@@ -200,15 +200,38 @@ def euler_steps(
     shard: bool | str = False,
     **settings,
 ) -> Trajectory:
-    """Up to `num_steps` Euler steps of size `step_size` (default 1/κ) from θ0 ((K,) or a batch
-    (B, K)), stopping at the cost target or a non-finite field. The settings are an
-    `IntegratorOptions` updated by keyword `settings` (step_size, num_steps, backtracking,
-    max_backtracks, sufficient_decrease, grid_search, levenberg_marquardt, initial_damping,
-    cost_target, cost_target_relative, diagnostics, save_theta, extras). Stops at the target,
-    at a non-finite field, or with 'no_descent' when a line search finds no step that lowers C.
-    `ts` holds the accumulated Σ h_k, so the result compares directly with the flow at time s;
-    `num_rejected_steps` counts step halvings. `shard` splits the seeds over devices as in
-    `simulate`."""
+    """Up to `num_steps` Euler steps θ_{k+1} = θ_k + h_k F(θ_k) of size `step_size` (default
+    1/κ, the Gauss–Newton step of the adapted flow) from θ0, optionally searched along F by
+    `backtracking`, `grid_search` or `levenberg_marquardt` (MATH §6, §8, §10).
+
+    Stops at the cost target, at a non-finite field or a failed solve, or with 'no_descent'
+    when a line search finds no step that lowers C; the stop is recorded, not raised. `ts`
+    holds the accumulated Σ h_k, so the result compares directly with the flow at time s;
+    `num_rejected_steps` counts step halvings (rejected Levenberg–Marquardt trials).
+
+    **Arguments:**
+
+    - `problem`: the problem (an `AbstractProblem`).
+    - `flow`: the vector field F (an `AbstractFlow`).
+    - `theta0`: one parameter vector (K,) or a batch (B, K); None: the problem's θ0.
+    - `options`: an `IntegratorOptions`; None: the defaults.
+    - `shard`: splits the seeds over devices as in `simulate`.
+    - `settings`: keyword settings of `IntegratorOptions` that update `options` (step_size,
+      num_steps, backtracking, max_backtracks, sufficient_decrease, grid_search,
+      levenberg_marquardt, initial_damping, cost_target, cost_target_relative,
+      diagnostics, save_theta, extras, seed_batching).
+
+    **Returns:**
+
+    A `Trajectory` (batched when θ0 is) of num_steps + 1 rows: θ0 and each accepted step;
+    the rows after the stop have valid = False.
+
+    **Raises:**
+
+    - `TypeError`, `SettingError`, `ValueError`: as `simulate`; also a `ValueError` when
+      `levenberg_marquardt` is set and the flow has no damped step (only the `AdaptedFlow`
+      has one, with a solver that takes the damped solve).
+    """
     flow, opts = prepare(problem, flow, options, settings, stepping=True)
     if opts.levenberg_marquardt:
         flow.check_damped(problem)

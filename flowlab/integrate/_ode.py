@@ -276,7 +276,23 @@ def _solve_batch(problem, flow, theta0, opts):
 
 def solve(problem, flow: AbstractFlow, theta0: Float[Array, " K"], t1: float | None = None, *,
           options: IntegratorOptions | None = None, **settings) -> Trajectory:
-    """The pure, jit- and vmap-able core of `simulate` for one θ0 (no timing)."""
+    """The pure, jit- and vmap-able core of `simulate` for one θ0 (no timing).
+
+    **Arguments:**
+
+    - `problem`, `flow`, `t1`, `options`, `settings`: as in `simulate`.
+    - `theta0`: one parameter vector θ0, shape (K,), unchecked (a non-finite θ0 ends the run
+      with 'non_finite_start').
+
+    **Returns:**
+
+    A `Trajectory` (its `wall_time` and `compile_time` are NaN).
+
+    **Raises:**
+
+    - `TypeError`, `SettingError`, `ValueError`: as `simulate`, from the flow and the
+      settings.
+    """
     if t1 is not None:
         settings["t1"] = t1
     flow, opts = prepare(problem, flow, options, settings)
@@ -297,23 +313,46 @@ def simulate(
 ) -> Trajectory:
     r"""Integrate θ' = flow(θ) from θ0 over s in [0, t1] with diffrax (jit-compiled).
 
-    θ0 is one parameter vector (K,) or a batch (B, K) of them (one vmapped solve); None means
-    the problem's θ0. The settings are an `IntegratorOptions` (`options`), updated by keyword
-    `settings` of the same names (t1, ts, num_saves, solver, rtol, atol, dt0, max_steps,
-    cost_target, cost_target_relative, sigma_min_tol, max_condition, theta_norm_max,
-    check_finite, diagnostics, save_theta, extras, progress; see its fields for meaning and
-    defaults). Saves at the save times the cost, the outputs and diagnostics (σ_min, σ_max,
-    rank of D from the Gram, |θ|); θ itself only with save_theta; `extras` maps names to
-    functions (problem, flow, θ) -> array, saved into Trajectory.extras.
+    Saves at the save times the cost, the outputs and diagnostics (σ_min, σ_max, rank of D
+    from the Gram, |θ|); θ itself only with save_theta; `extras` maps names to functions
+    (problem, flow, θ) -> array, saved into Trajectory.extras.
 
     Stops early, with the reason recorded, at the cost target (root-found), on rank loss
     (σ_min(D) < sigma_min_tol or σ_max/σ_min > max_condition), |θ| > theta_norm_max, a
-    non-finite field, or when max_steps is exhausted. The guards are checked once per
-    accepted step.
+    non-finite field, a failed solve, a violated rate bound, or when max_steps is exhausted.
+    The guards are checked once per accepted step. A stop is recorded, not raised
+    (`Trajectory.stop_reason`; docs, How-to → Exit codes and stop reasons).
 
-    shard=True splits the seed axis over all devices (flowlab.devices: padded to a multiple
-    of the device count, padding stripped); 'auto' does so when there are several devices
-    and several seeds. Results equal the unsharded run's.
+    **Arguments:**
+
+    - `problem`: the problem (an `AbstractProblem`).
+    - `flow`: the vector field (an `AbstractFlow`), resolved for the problem once per call.
+    - `theta0`: one parameter vector (K,) or a batch (B, K) of them (one batched solve);
+      None: the problem's θ0.
+    - `t1`: the end of the integration (a shortcut for the setting of that name).
+    - `options`: an `IntegratorOptions`; None: the defaults.
+    - `shard`: True splits the seed axis over all devices (`flowlab.devices`: padded to a
+      multiple of the device count, padding stripped); 'auto' does so when there are several
+      devices and several seeds; False: one device. Results equal the unsharded run's.
+    - `settings`: keyword settings of `IntegratorOptions` that update `options` (t1, ts,
+      num_saves, ode_solver, rtol, atol, dt0, dtmin, max_steps, seed_batching, cost_target,
+      cost_target_relative, sigma_min_tol, max_condition, theta_norm_max, bound_slack,
+      check_finite, diagnostics, save_theta, extras, progress; see its fields for meaning
+      and defaults).
+
+    **Returns:**
+
+    A `Trajectory` (batched when θ0 is), with the compile and run times of this call.
+
+    **Raises:**
+
+    - `TypeError`: when `flow` is not an `AbstractFlow`, `options` not an
+      `IntegratorOptions`, or a setting is unknown or renamed (`solver` is `ode_solver`).
+    - `SettingError` (a ValueError): when a setting's value is refused.
+    - `ValueError`: when θ0 is not of shape (K,) or (B, K) or holds NaN or inf, the flow
+      cannot apply to the problem (e.g. the 'cholesky' solver with K < QN), `ode_solver` is
+      'output_path' for a flow without an output path, or `shard` is not True, False or
+      'auto'.
     """
     if t1 is not None:
         settings["t1"] = t1

@@ -135,10 +135,30 @@ def setting(default, doc: str, check: Check, *, static: bool = False, config: bo
 class IntegratorOptions(eqx.Module):
     """How to integrate a flow: by diffrax (`simulate`) or by Euler steps (`euler_steps`).
 
-    Build with keywords (each checked here: a `SettingError`, a ValueError, carries the
-    setting's name as `.key`) or
-    `IntegratorOptions().replace(**changes)`; `resolve(problem, flow)` turns it into the form
-    the compiled solve takes. `fields()` lists the settings with their docs.
+    Build with keywords, each checked here, or `IntegratorOptions.build(options, **changes)`;
+    `resolve(problem, flow)` turns it into the form the compiled solve takes. `fields()` lists
+    the settings with their docs; the configuration reference (docs, Reference →
+    Configuration and CLI) is generated from them, with each default and the values it
+    takes. `simulate` and `euler_steps` take the same names as keywords.
+
+    **Arguments:**
+
+    - the ODE (`simulate`): `t1`, `ts`, `num_saves`, `ode_solver`, `rtol`, `atol`, `dt0`,
+      `dtmin`, `max_steps`, `seed_batching`;
+    - stops, shared by both integrators: `cost_target`, `cost_target_relative`,
+      `sigma_min_tol`, `max_condition`, `theta_norm_max`, `bound_slack`, `check_finite`;
+    - what is saved and shown: `diagnostics`, `save_theta`, `extras`, `progress` (the last
+      two from Python only, not from a config);
+    - Euler steps (`euler_steps`): `step_size`, `num_steps`, `backtracking`,
+      `max_backtracks`, `sufficient_decrease`, `grid_search`, `levenberg_marquardt`,
+      `initial_damping`.
+
+    **Raises:**
+
+    - `SettingError` (a ValueError): when a value is refused (its `.key` names the setting,
+      `.expected` what it takes), when two line searches are set together, or when `ts`
+      reaches past `t1`.
+    - `TypeError`: on an unknown keyword (`build` also names a renamed setting's new name).
     """
 
     # --- the ODE (simulate) ---------------------------------------------------------------

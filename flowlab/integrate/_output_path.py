@@ -22,6 +22,16 @@ class OutputPathSolver(diffrax.AbstractSolver):
     classical solution. A step whose iteration does not converge in `max_iterations` is
     rejected (error estimate = its displacement) and the controller shrinks it; a non-finite
     iterate (a singular Θ = DDᵀ: D lost rank) stops the solve as `singular`.
+
+    `simulate` uses it for `ode_solver = "output_path"` (chosen by 'auto' for activations
+    with kinks where the flow has an output path).
+
+    **Arguments:**
+
+    - `flow`: the flow to follow; it must have an `output_path` and a `pullback` (the
+      `AdaptedFlow` at full row rank with the squared loss).
+    - `tol`: the relative tolerance of each step's Gauss–Newton iteration.
+    - `max_iterations`: Gauss–Newton iterations per step before the step is rejected.
     """
 
     flow: AbstractFlow

@@ -11,6 +11,14 @@ import lineax as lx
 
 
 class RESULTS(eqx.Enumeration):
+    """Why a run ended: one stop reason for the ODE, the Euler steps and sketch-and-project.
+
+    An `equinox.Enumeration`: inside jit a stop is an item, combined with `RESULTS.where`;
+    `Trajectory.stop_code` holds its integer value and `Trajectory.stop_reason` its name
+    (`STOP_REASONS`). The entries and what each means: docs, How-to → Exit codes and stop
+    reasons (a table generated from this class); which of them are failures: `FAILURES`.
+    """
+
     t1_reached = "integrated to t1 (or the step budget of Euler steps)"
     cost_target = "C fell to the cost target (the ODE's event is located by root finding)"
     rank_loss = ("σ_min(D) fell below sigma_min_tol, or σ_max/σ_min rose above max_condition: "

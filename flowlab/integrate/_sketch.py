@@ -68,7 +68,22 @@ def check_block_problem(problem, block_size) -> None:
 
 def block_partition(key: PRNGKeyArray, num_points: int, block_size: int) -> Int[Array, "m b"]:
     """m = ⌈N/b⌉ blocks of b distinct examples: a random permutation of 0..N−1 cut into
-    consecutive pieces, the last one wrapping around to the permutation's start."""
+    consecutive pieces, the last one wrapping around to the permutation's start.
+
+    **Arguments:**
+
+    - `key`: the PRNG key of the permutation.
+    - `num_points`: N.
+    - `block_size`: b, in [1, N].
+
+    **Returns:**
+
+    The example indices, shape (m, b).
+
+    **Raises:**
+
+    - `ValueError`: when `block_size` is not in [1, N].
+    """
     if not 1 <= block_size <= num_points:
         raise ValueError(f"block_size must be in [1, N] with N = {num_points}, got {block_size}")
     m = math.ceil(num_points / block_size)
@@ -98,7 +113,22 @@ def block_step(problem, gram: AbstractGram, theta: Float[Array, " K"], items: In
 
 class SketchTrajectory(eqx.Module):
     """The record of a sketch-and-project run: C at every check (every `check_every` steps;
-    entries after the stop are +inf), the extras there, the final θ and why it ended."""
+    entries after the stop are +inf), the extras there, the final θ and why it ended.
+    Returned by `sketch_project`; `contraction()` fits the per-step factor of C.
+
+    **Attributes:**
+
+    - `steps`: the step count at each check, shape (S,).
+    - `cost`: C at each check (+inf after the stop).
+    - `extras`: name -> the values of each `extras` function at the checks.
+    - `cost0`, `cost_final`: C at θ0 and where the run ended.
+    - `theta_final`: θ where the run ended (the last finite check).
+    - `num_steps`: the steps taken.
+    - `stop_code`: the stop reason's code (`stop_reason` names it).
+    - `block_size`: b.
+    - `num_blocks`: m = ⌈N/b⌉.
+    - `wall_time`, `compile_time`: seconds the run and its compilation took.
+    """
 
     steps: Int[Array, " S"]
     cost: Float[Array, " S"]
@@ -202,7 +232,33 @@ def sketch_project(
     stops at the larger of `cost_target` and `cost_target_relative`·C(θ0) or at a non-finite
     cost (θ stays at the last finite check). `extras` maps names to functions (problem, θ) ->
     array recorded at every check. `key` draws the partition and the blocks; the same key
-    gives the same run. `gram` (default AutoGram: layerwise for an MLP) forms Θ_BB."""
+    gives the same run. `gram` (default AutoGram: layerwise for an MLP) forms Θ_BB.
+
+    **Arguments:**
+
+    - `problem`: a `LeastSquaresProblem` with the squared loss (rows are examples).
+    - `theta0`: θ0, shape (K,); None: the problem's.
+    - `block_size`: b, examples per block, in [1, N].
+    - `num_steps`: the step budget, ≥ 1.
+    - `key`: the PRNG key of the partition and of the blocks drawn.
+    - `step_size`: h > 0; None: 1/κ.
+    - `damping`: μ ≥ 0.
+    - `check_every`: steps between evaluations of the full cost; None: m.
+    - `cost_target`, `cost_target_relative`: stop at C ≤ the larger of `cost_target` and
+      `cost_target_relative`·C(θ0).
+    - `gram`: how Θ_BB and w ↦ D_Bᵀw are formed; None: `AutoGram()`.
+    - `extras`: name -> fn(problem, θ), recorded at every check.
+
+    **Returns:**
+
+    A `SketchTrajectory`.
+
+    **Raises:**
+
+    - `ValueError`: when the problem is not a squared-loss `LeastSquaresProblem`, or
+      `block_size`, `num_steps`, `check_every`, `step_size`, `damping`, a cost target or the
+      shape of `theta0` is out of range.
+    """
     check_block_problem(problem, block_size)
     gram = AutoGram() if gram is None else gram
     n = problem.num_points
@@ -244,7 +300,15 @@ def sketch_project(
 
 
 class ContractionPrediction(eqx.Module):
-    """Linear-theory predictions for `sketch_project` (see `predicted_contraction`)."""
+    """Linear-theory predictions for `sketch_project` (see `predicted_contraction`).
+
+    **Attributes:**
+
+    - `bound`: 1 − λ_min⁺(E Z), the bound on the expected contraction of |e|² per step.
+    - `eigenvalues`: those of E Z on range Dᵀ, ascending.
+    - `residual`: E C_k / C_0 for k = 0..num_steps (None without `num_steps`).
+    - `error`: E|e_k|²/|e_0|² for k = 0..num_steps (None without `num_steps`).
+    """
 
     bound: Float[Array, ""]
     eigenvalues: Float[Array, " QN"]
@@ -266,7 +330,25 @@ def predicted_contraction(problem, theta: Float[Array, " K"] | None = None, *, b
     With `num_steps`: the expected curves E|r_k|²/|r_0|² (`residual`, = E C_k / C_0) and
     E|e_k|²/|e_0|² (`error`, |e|² = rᵀ Θ⁻¹ r), k = 0..num_steps, exactly, from the second
     moment R_k = E[r_k r_kᵀ]: a step on block j maps r ↦ T_j r, T_j = I − Θ S_j Θ_jj⁻¹ S_jᵀ,
-    so R_{k+1} = (1/m) Σ_j T_j R_k T_jᵀ (O(QN³) flops per step)."""
+    so R_{k+1} = (1/m) Σ_j T_j R_k T_jᵀ (O(QN³) flops per step).
+
+    **Arguments:**
+
+    - `problem`: a `LeastSquaresProblem` with the squared loss.
+    - `theta`: where to linearise; None: θ0.
+    - `block_size`, `key`: as given to `sketch_project` (the same partition).
+    - `num_steps`: the length of the expected curves; None: no curves.
+    - `gram`: how the full Θ is formed; None: `AutoGram()`.
+
+    **Returns:**
+
+    A `ContractionPrediction`.
+
+    **Raises:**
+
+    - `ValueError`: when the problem is not a squared-loss `LeastSquaresProblem` or
+      `block_size` is not an integer in [1, N].
+    """
     check_block_problem(problem, block_size)
     gram = AutoGram() if gram is None else gram
     theta = problem.theta0 if theta is None else theta

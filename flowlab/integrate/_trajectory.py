@@ -16,7 +16,30 @@ class Trajectory(eqx.Module):
     Saved at `ts` (entries after the stop have valid = False and value +inf): the cost, the
     outputs X, |θ|, and when diagnostics were on σ_min(D), σ_max(D) and the numerical rank
     (NaN when off); `extras` holds what the `extras` functions of `simulate` returned at
-    each save. `stop_reason` names why the run ended (see STOP_REASONS).
+    each save. `stop_reason` names why the run ended (see STOP_REASONS). Returned by
+    `simulate`, `solve` and `euler_steps`; `seed(i)` picks one member of a batch.
+
+    **Attributes:**
+
+    - `ts`: the save times s (for Euler steps the accumulated Σ h_k), shape (*b, S).
+    - `valid`: whether each save was reached.
+    - `cost`, `outputs`, `theta_norm`: C, X and |θ| at the saves.
+    - `sigma_min`, `sigma_max`, `rank`: σ_min(D), σ_max(D) and the numerical rank at the
+      saves (NaN without diagnostics).
+    - `theta`: θ at the saves with save_theta, else None.
+    - `extras`: name -> the values of each `extras` function at the saves.
+    - `cost0`, `outputs0`: C and X at θ0.
+    - `targets`: Y.
+    - `t_final`, `cost_final`, `theta_final`: s, C and θ where the run ended.
+    - `stop_code`: the stop reason's code (an index of `STOP_REASONS`).
+    - `num_steps`: steps taken (the ODE solver's, or Euler steps and trials).
+    - `num_accepted_steps`, `num_rejected_steps`: of those, accepted and rejected (for Euler
+      steps: halvings, or rejected Levenberg–Marquardt trials).
+    - `num_field_evals`: evaluations of the field (−1 where the ODE solver's count per step
+      is not fixed, as for implicit solvers).
+    - `kappa`: the problem's κ.
+    - `wall_time`, `compile_time`: seconds the run and its compilation took (0.0 compile
+      time when a compiled solve was reused; NaN from `solve`, which is not timed).
     """
 
     ts: Float[Array, "*b S"]

@@ -25,7 +25,10 @@ from ._layerwise import backprop_transpose, gram_block, mlp_backprop
 
 
 class AbstractGram(eqx.Module):
-    """A way to obtain Θ = D Dᵀ and the map w ↦ Dᵀ w at θ."""
+    """A way to obtain Θ = D Dᵀ and the map w ↦ Dᵀ w at θ.
+
+    A strategy is called as `gram(problem, theta)` and returns `(Θ, w ↦ Dᵀ w)`.
+    """
 
     @abc.abstractmethod
     def __call__(self, problem, theta) -> tuple[Float[Array, "QN QN"], object]:
@@ -33,7 +36,17 @@ class AbstractGram(eqx.Module):
 
 
 class DenseGram(AbstractGram):
-    """Materialise D (jacrev, or jacfwd when K < QN) and form D Dᵀ."""
+    """Materialise D (jacrev, or jacfwd when K < QN) and form D Dᵀ.
+
+    **Arguments:**
+
+    - `mode`: how D is formed (`AbstractProblem.jacobian`): 'auto' (row by row where the rows
+      are structured or K ≥ QN, jacfwd otherwise), 'rev' or 'fwd'.
+
+    **Raises:**
+
+    - `ValueError`: when called with a `mode` other than 'auto', 'fwd' or 'rev'.
+    """
 
     mode: str = eqx.field(static=True, default="auto")
 
@@ -46,7 +59,12 @@ class LayerwiseGram(AbstractGram):
     """Θ for a flowlab.MLP layer by layer (`mlp_gram`); D is never formed. Dᵀ w reuses the same
     signals: ∂/∂W_l = s_l Gᵀ H_{l−1}, ∂/∂b_l = t_l Σ_i G_i with G_i = Σ_q w_{iq} δ_l^{iq} (one
     matmul per layer, no second forward/backward pass). Memory O(K + (QN)² + QN·Σ widths)
-    instead of O(QN·K)."""
+    instead of O(QN·K).
+
+    **Raises:**
+
+    - `ValueError`: when called on a problem whose model is not a flowlab.MLP fitted to data.
+    """
 
     def __call__(self, problem, theta):
         if not problem.layerwise:
@@ -77,8 +95,16 @@ class BlockedGram(AbstractGram):
 
     Cost: QN reverse passes of one item (rows) plus QN jvps of X (≈ QN·N item passes, the
     flops of the product D Dᵀ itself). Memory O(b·q·K + (QN)² + b·q·QN).
-    `block_size` (items per block) defaults to the most that keep a block of D within
-    `BLOCK_BYTES`."""
+
+    **Arguments:**
+
+    - `block_size`: b, items per block; None: the most that keep a block of D within
+      `BLOCK_BYTES` (2^27 bytes).
+
+    **Raises:**
+
+    - `ValueError`: when `block_size` is not None or an integer ≥ 1.
+    """
 
     block_size: int | None = eqx.field(static=True, default=None)
 
@@ -123,8 +149,17 @@ class BlockedGram(AbstractGram):
 
 
 def auto_gram(problem) -> AbstractGram:
-    """LayerwiseGram for a flowlab.MLP fitted to data, BlockedGram otherwise (DenseGram stays
-    available: it materialises D)."""
+    """The default Gram strategy for a problem: LayerwiseGram for a flowlab.MLP fitted to data,
+    BlockedGram otherwise (DenseGram stays available: it materialises D).
+
+    **Arguments:**
+
+    - `problem`: the problem (an `AbstractProblem`).
+
+    **Returns:**
+
+    A `LayerwiseGram` or a `BlockedGram`.
+    """
     return LayerwiseGram() if problem.layerwise else BlockedGram()
 
 
@@ -134,7 +169,10 @@ def gram_matrix(problem, theta: Float[Array, " K"]) -> Float[Array, "QN QN"]:
 
 
 class AutoGram(AbstractGram):
-    """Picks `auto_gram(problem)` at each call (shapes are static, so this costs nothing)."""
+    """Picks `auto_gram(problem)` at each call (shapes are static, so this costs nothing).
+
+    The default `gram` of `CholeskySolver`, `GramOrQRSolver`, `DampedFlow` and `ShardedGram`.
+    """
 
     def __call__(self, problem, theta):
         return auto_gram(problem)(problem, theta)

@@ -76,7 +76,17 @@ class NystromPreconditioner(eqx.Module):
     eigenvalue; a dropped direction has λ̂ = 0 and a zero column of U.
 
     Held as U = B V Σ⁻¹ with B = Y_ν L⁻ᵀ (n × l) and BᵀB = V Σ² Vᵀ, so that U itself (one more
-    n·l² product) is never formed: P⁻¹v = v + B V diag(c/σ²) Vᵀ Bᵀ v, c = (λ̂_l + μ)/(λ̂ + μ) − 1."""
+    n·l² product) is never formed: P⁻¹v = v + B V diag(c/σ²) Vᵀ Bᵀ v, c = (λ̂_l + μ)/(λ̂ + μ) − 1.
+    Built by `flowlab.linalg.nystrom_preconditioner`; called as `P(v)`, it returns P⁻¹v.
+
+    **Attributes:**
+
+    - `factor`: B, shape (n, l).
+    - `rotation`: V, shape (l, l).
+    - `squares`: Σ², shape (l,), decreasing.
+    - `eigenvalues`: λ̂ = Σ² − ν, 0 for a dropped direction, shape (l,).
+    - `shift`: μ.
+    """
 
     factor: Float[Array, "n l"]
     rotation: Float[Array, "l l"]
@@ -155,8 +165,24 @@ def conjugate_residual(
     Each step minimises |b − Aw| in the P⁻¹-norm over the Krylov space of P⁻¹A, so the residual
     never grows. CG minimises the A-norm of the error instead, and its residual, the part of
     the output-space step that is missed, swings by orders of magnitude on Θ's conditioning
-    (measured: 5–10× larger than CR's at equal steps, and not monotone). Written out because
-    lineax has no CR/MINRES and its CG also requires the last update to be small elementwise."""
+    and is not monotone (measured on the large-N Grams: docs, Benchmarks → Large N). Written
+    out because lineax has no CR/MINRES and its CG also requires the last update to be small
+    elementwise.
+
+    **Arguments:**
+
+    - `matvec`: w ↦ A w.
+    - `rhs`: b, shape (n,).
+    - `preconditioner`: v ↦ P⁻¹ v (e.g. a `NystromPreconditioner`); None: the identity.
+    - `rtol`: the relative residual to stop at.
+    - `max_steps`: the step budget.
+
+    **Returns:**
+
+    A `KrylovResult(solution, num_steps, relative_residual)`: the last iterate w, the steps
+    taken and |b − Aw|/|b|. A solve that meets `max_steps`, or the floor of rounding, first
+    returns its last iterate (no exception).
+    """
     precond = (lambda v: v) if preconditioner is None else preconditioner
     target = rtol * jnp.linalg.norm(rhs)
     z = precond(rhs)

@@ -67,11 +67,26 @@ def _ring_rows(block, theirs, size: int):
 class ShardedGram(AbstractGram):
     """Θ = D Dᵀ and w ↦ Dᵀ w with the examples (rows of D) split over devices (see module doc).
 
-    `inner` says how a device forms its rows: LayerwiseGram (MLP), BlockedGram / DenseGram
-    (its rows of D by per-example reverse passes), AutoGram (layerwise for an MLP, rows
-    otherwise). `num_devices` uses the first that many of `jax.devices()` (default: all).
     Use as `CholeskySolver(gram=ShardedGram())`; `place(problem)` puts the inputs on the mesh
-    once, so that a jitted solve does not move them at every call."""
+    once, so that a jitted solve does not move them at every call. On one device the result
+    is the unsharded Gram. How to run it: docs, How-to → GPU and multi-device.
+
+    **Arguments:**
+
+    - `inner`: how a device forms its rows: `LayerwiseGram` (an MLP), `BlockedGram` /
+      `DenseGram` (its rows of D by per-example reverse passes), `AutoGram` (layerwise for an
+      MLP, rows otherwise).
+    - `num_devices`: use the first that many of `jax.devices()`; None: all.
+
+    **Raises:**
+
+    - `TypeError`: when `inner` is a ShardedGram; when used on a problem whose rows are not
+      examples (a `ResidualProblem`: use `BlockedGram`).
+    - `ValueError`: when `num_devices` is not None or an integer ≥ 1; when used, if
+      `num_devices` exceeds the visible devices, N is not a multiple of the device count,
+      `inner` is a LayerwiseGram on a model that is not a flowlab.MLP, or `inner` is another
+      kind of Gram.
+    """
 
     inner: AbstractGram = AutoGram()
     num_devices: int | None = eqx.field(static=True, default=None)

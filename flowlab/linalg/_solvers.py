@@ -48,7 +48,9 @@ class AbstractPinvSolver(eqx.Module):
     A solver states its `route` to D⁺: 'gram' (through Θ or DᵀD: squares cond(D)), 'factor'
     (a factorisation of D itself) or 'adaptive' (the Gram while it resolves D, a factorisation
     of D where it does not); the route sets the default guard (`max_condition`) and how σ(D)
-    is measured."""
+    is measured. A subclass defines `check` and `solve` (and may override
+    `solve_with_rank`).
+    """
 
     route: AbstractClassVar[str]
 
@@ -80,7 +82,11 @@ class AbstractPinvSolver(eqx.Module):
 
 
 class AbstractDampedPinvSolver(AbstractPinvSolver):
-    """A pseudo-inverse solver that also takes the damped (Levenberg–Marquardt) solve."""
+    """A pseudo-inverse solver that also takes the damped (Levenberg–Marquardt) solve.
+
+    A subclass defines `solve_damped` besides `check` and `solve`; `euler_steps` with
+    `levenberg_marquardt` needs one.
+    """
 
     @abc.abstractmethod
     def solve_damped(self, problem, theta, rhs: Float[Array, " QN"], damping
@@ -120,8 +126,20 @@ def _needs_full_row_rank(name, problem):
 class CholeskySolver(AbstractDampedPinvSolver):
     """v = Dᵀ (D Dᵀ)⁻¹ g by a Cholesky factorisation of the Gram matrix (full row rank).
 
-    `gram` is how Θ and Dᵀ are obtained; the default AutoGram uses the layerwise Gram for an
-    MLP and the dense Jacobian otherwise."""
+    **Arguments:**
+
+    - `gram`: how Θ and w ↦ Dᵀw are obtained (an `AbstractGram`); the default `AutoGram`
+      uses the layerwise Gram for an MLP and `BlockedGram` otherwise; `ShardedGram()` splits
+      the rows over devices.
+
+    **Raises:**
+
+    - `ValueError`: from `check` (when a flow is resolved for the problem) where K < QN:
+      Cholesky of Θ needs full row rank.
+
+    A failed factorisation at run time is no exception: the solve reports lineax's
+    `singular`, and the run stops with that reason.
+    """
 
     route: ClassVar[str] = "gram"  # cond(Θ) = cond(D)²
     gram: AbstractGram = AutoGram()
@@ -148,7 +166,18 @@ class GramOrQRSolver(AbstractDampedPinvSolver):
     finite, the solve goes through the factorisation of D (cond(D) instead of cond(D)²). One
     branch runs per call; in a vmapped batch of seeds the choice is made for the whole batch
     (the fallback as soon as one seed needs it), so that it stays a branch instead of a select
-    that runs both."""
+    that runs both.
+
+    **Arguments:**
+
+    - `iterations`: steps of inverse iteration for λ_min(Θ).
+    - `gram`: how Θ and w ↦ Dᵀw are obtained (default `AutoGram`).
+    - `fallback`: the solver used where Θ does not resolve D; None: `QRSolver()`.
+
+    **Raises:**
+
+    - `ValueError`: from `check` where K < QN (the Gram route needs full row rank).
+    """
 
     iterations: int = eqx.field(static=True, default=8)
 
@@ -195,7 +224,11 @@ class GramOrQRSolver(AbstractDampedPinvSolver):
 
 
 class QRSolver(AbstractPinvSolver):
-    """D⁺ g by a QR factorisation of D (full rank: column rank if K < QN, row rank if not)."""
+    """D⁺ g by a QR factorisation of D (full rank: column rank if K < QN, row rank if not).
+
+    Any shape: least squares when K < QN, minimal norm when K ≥ QN. D is materialised
+    (`AbstractProblem.jacobian`).
+    """
 
     route: ClassVar[str] = "factor"
 
@@ -216,8 +249,18 @@ class SVDSolver(AbstractDampedPinvSolver):
     relative (μ/σ)⁴ on the modes above μ (1.8e-6 at σ = 1e-9·σ_max with the 'auto' cutoff in
     float64, where Tikhonov's σ/(σ² + μ²) is off by 1e-3) and ≈ σ³/μ⁴ → 0 below it, so the
     field is continuous in θ where the truncation jumps as a singular value crosses the cutoff
-    (what an adaptive ODE solver needs; MATH §8). rcond=None: eps·max(QN, K), numpy's rank
-    cutoff."""
+    (what an adaptive ODE solver needs; MATH §8).
+
+    **Arguments:**
+
+    - `rcond`: μ/σ_max, in (0, 1); None: eps·max(QN, K), numpy's rank cutoff (and the default
+      rank guard applies; an explicit cutoff defines the solve at any rank, so no guard).
+    - `filter`: 'truncate' or 'smooth' (`SVD_FILTERS`).
+
+    **Raises:**
+
+    - `ValueError`: when `filter` is not one of `SVD_FILTERS` or `rcond` is not in (0, 1).
+    """
 
     route: ClassVar[str] = "factor"
     rcond: float | None = eqx.field(static=True, default=None)
@@ -260,9 +303,12 @@ class SVDSolver(AbstractDampedPinvSolver):
         """The Levenberg–Marquardt step at any shape and rank. K ≥ QN: (DᵀD + λI)⁻¹Dᵀg =
         V diag(σ/(σ² + λ)) Uᵀg. K < QN: (DᵀD + λM)⁻¹Dᵀg with Moré's scaling M = diag(DᵀD)
         (floored at 1e-12 of its largest entry), by Cholesky of the K × K matrix: the step is
-        then invariant to a rescaling of θ's coordinates, as MINPACK's; with M = I a narrow
-        tanh fit (K = 16, QN = 30) crawled at 2.2× scipy's cost after 500 steps, with M it met
-        scipy's minimum in 58 (MATH §10)."""
+        then invariant to a rescaling of θ's coordinates, as MINPACK's (MATH §10, where the
+        measured effect of the scaling is stated).
+
+        **Returns:**
+
+        `(v, result)`: the step and lineax's verdict on the linear solve."""
         d = problem.jacobian(theta)
         if problem.overparametrised:
             u, sigma, vt = jnp.linalg.svd(d, full_matrices=False)
@@ -281,7 +327,12 @@ class NormalCholeskySolver(AbstractPinvSolver):
     """v = (DᵀD)⁻¹ Dᵀ g by Cholesky of the K × K normal matrix (full column rank, K ≤ QN).
 
     D by jacfwd (K forward passes). About half the flops of QR of D, but it squares the
-    condition number: σ is resolved down to about √eps·σ_max (QR: eps·σ_max)."""
+    condition number: σ is resolved down to about √eps·σ_max (QR: eps·σ_max).
+
+    **Raises:**
+
+    - `ValueError`: from `check` where K > QN (the normal matrix needs full column rank).
+    """
 
     route: ClassVar[str] = "gram"  # DᵀD squares cond(D)
 
@@ -306,7 +357,16 @@ class CGSolver(AbstractPinvSolver):
     (CGLS). Memory O(K + QN): the fallback when D does not fit and K < QN (for K ≥ QN,
     NystromSolver preconditions the same products). Iterations grow like
     √cond(Θ) = σ_max/σ_min, so it suits well-conditioned problems; an unconverged solve
-    returns the last iterate (throw=False) and max_steps bounds the work."""
+    returns the last iterate (throw=False) and max_steps bounds the work.
+
+    **Arguments:**
+
+    - `rtol`, `atol`: lineax CG's relative and absolute tolerances.
+    - `max_steps`: the iteration budget of one solve. With a number, a solve that runs out
+      returns its last iterate and lineax's `max_steps_reached`, which the integrators do not
+      treat as a stop. None: lineax's default of 10 × the size of the system, and lineax
+      reports running out as `singular`, which stops the run.
+    """
 
     route: ClassVar[str] = "gram"  # iterates on Θ or DᵀD
     rtol: float = eqx.field(static=True, default=1e-12)
@@ -343,7 +403,21 @@ class NystromSolver(AbstractDampedPinvSolver):
     `rtol` is the relative residual |g − Θw|/|g| the solve stops at; a solve that reaches
     `max_steps` first returns its last iterate, whose residual `solve_with_stats` reports.
     `solve_damped` solves (Θ + λI)w = g the same way: the Levenberg–Marquardt steps that large
-    QN needs (full Gauss–Newton steps cycled at N = 65 536, README: Large N)."""
+    QN needs (where full Gauss–Newton steps do not converge: docs, Benchmarks → Large N).
+
+    **Arguments:**
+
+    - `rank`: l, the preconditioner's rank (at most QN is used; for an MLP, l/Q sampled
+      examples).
+    - `rtol`: the relative residual |g − Θw|/|g| in (0, 1) the solve stops at.
+    - `max_steps`: the Krylov step budget of one solve.
+    - `seed`: the seed of the sampled columns (MLP) or of the Gaussian test matrix.
+
+    **Raises:**
+
+    - `ValueError`: when `rank` or `max_steps` is not an integer ≥ 1 or `rtol` not in (0, 1);
+      from `check` where K < QN (Θ w = g needs full row rank).
+    """
 
     route: ClassVar[str] = "gram"
     rank: int = eqx.field(static=True, default=1024)
@@ -467,9 +541,20 @@ def auto_solver(problem, memory_budget_bytes: int | None = None, *,
     K < QN: the SVD of D with the same cutoff (QR's result at full column rank, defined where
     the rank drops), or CG when D does not fit.
 
-    `smooth`: the SVD's filter is the smooth one (`SVDSolver`, filter='smooth') instead of the
-    truncation, so that the field is continuous (`simulate` asks for it; the Euler steps
-    truncate)."""
+    **Arguments:**
+
+    - `problem`: the problem whose shapes (K, QN) and dtype decide.
+    - `memory_budget_bytes`: the bytes one dense matrix may take; None:
+      `flowlab.linalg.memory_budget()` (a quarter of the device's memory).
+    - `smooth`: the SVD's filter is the smooth one (`SVDSolver`, filter='smooth') instead of
+      the truncation, so that the field is continuous (`simulate` asks for it; the Euler steps
+      truncate).
+
+    **Returns:**
+
+    A `GramOrQRSolver` with an SVD fallback, a `CholeskySolver` or a `NystromSolver`
+    (K ≥ QN); an `SVDSolver` or a `CGSolver` (K < QN).
+    """
     k, qn = problem.num_params, problem.num_outputs
     budget = memory_budget() if memory_budget_bytes is None else memory_budget_bytes
     item = jnp.dtype(problem.theta0.dtype).itemsize

@@ -60,18 +60,40 @@ def default_rcond(problem) -> float:
 
 def jacobian_svd(problem, theta: Float[Array, " K"]):
     """Thin SVD D = U diag(σ) Vᵀ, σ in decreasing order (computed from D itself, so σ is
-    resolved down to eps·σ_max, unlike the Gram route)."""
+    resolved down to eps·σ_max, unlike the Gram route).
+
+    **Arguments:**
+
+    - `problem`: the problem (D is materialised by `problem.jacobian`).
+    - `theta`: θ, shape (K,).
+
+    **Returns:**
+
+    `(U, σ, Vᵀ)` of shapes (QN, r), (r,) and (r, K), r = min(QN, K).
+    """
     return jnp.linalg.svd(problem.jacobian(theta), full_matrices=False)
 
 
 def singular_values(problem, theta, gram: AbstractGram | None = None,
                     route: str = "gram") -> Float[Array, " r"]:
-    """The min(QN, K) singular values of D in increasing order. route='gram': from the
-    eigenvalues of the smaller of D Dᵀ and Dᵀ D (resolves σ down to about √eps·σ_max; D Dᵀ
-    from `gram`, default `auto_gram(problem)`, layerwise for an MLP). route='factor': from the
-    SVD of D itself (resolves σ down to eps·σ_max), for flows whose solve factorises D.
-    route='adaptive': the Gram's while σ_min > 10·√(eps·r)·σ_max, the SVD of D below (one
-    branch runs; in a vmapped batch the SVD as soon as one seed needs it)."""
+    """The min(QN, K) singular values of D in increasing order.
+
+    **Arguments:**
+
+    - `problem`: the problem.
+    - `theta`: θ, shape (K,).
+    - `gram`: how D Dᵀ is formed on the 'gram' route; None: `auto_gram(problem)`, layerwise
+      for an MLP.
+    - `route`: 'gram': from the eigenvalues of the smaller of D Dᵀ and Dᵀ D (resolves σ down
+      to about √eps·σ_max). 'factor': from the SVD of D itself (resolves σ down to
+      eps·σ_max), for flows whose solve factorises D. 'adaptive': the Gram's while
+      σ_min > 10·√(eps·r)·σ_max, the SVD of D below (one branch runs; in a vmapped batch the
+      SVD as soon as one seed needs it). Any other value is taken as 'gram'.
+
+    **Returns:**
+
+    σ, shape (min(QN, K),), ascending (eigenvalues below 0 from rounding are clipped to 0).
+    """
     if route == "factor":
         return jnp.linalg.svd(problem.jacobian(theta), compute_uv=False)[::-1]
     if route == "adaptive":  # the Gram's eigenvalues while they resolve σ, else the SVD of D
