@@ -452,6 +452,42 @@ def digits(key: PRNGKeyArray, num_points: int = 500, in_size: int = 64, num_clas
     return Dataset(x[idx], (1.0 - label_smoothing) * onehot + label_smoothing / num_classes)
 
 
+def wine(key: PRNGKeyArray, num_points: int = 178, in_size: int = 13, num_classes: int = 3,
+         label_smoothing: float = 0.0) -> Dataset:
+    """scikit-learn's wine recognition data (bundled, 178 wines, 3 cultivars, M = 13 chemical
+    measurements standardised to mean 0 and variance 1 over all 178).
+
+    **Arguments:**
+
+    - `key`: picks the random subset.
+    - `num_points`: how many wines, 1 to 178.
+    - `in_size`: must be 13 (a config's data.in_size).
+    - `num_classes`: must be 3 (a config's data.out_size).
+    - `label_smoothing`: ε in [0, 1): targets (1 − ε)·onehot + ε/3, in the open simplex for
+      ε > 0 (as the softmax cross-entropy needs).
+
+    **Returns:**
+
+    A `Dataset` with inputs (num_points, 13) and targets (num_points, 3).
+
+    **Raises:**
+
+    - `ValueError`: for a size other than 13 × 3, `num_points` outside [1, 178], or ε outside
+      [0, 1).
+    - `ImportError`: without scikit-learn (``pip install 'flowlab[data]'``).
+    """
+    if in_size != 13 or num_classes != 3:
+        raise ValueError(f"wine has M = 13 inputs and 3 classes; set data.in_size = 13 and "
+                         f"data.out_size = 3 (got {in_size}, {num_classes})")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    d = _sklearn("wine")
+    x = (d.data - d.data.mean(axis=0)) / d.data.std(axis=0)
+    idx = _subset(key, x.shape[0], num_points, "wine")
+    onehot = np.eye(3)[d.target[idx]]
+    return Dataset(x[idx], (1.0 - label_smoothing) * onehot + label_smoothing / 3)
+
+
 def train_test_split(dataset: Dataset, test_fraction: float, key: PRNGKeyArray
                      ) -> tuple[Dataset, Dataset]:
     """A random split into (train, test), round(test_fraction·N) test examples (at least one of
@@ -475,4 +511,5 @@ GENERATORS = {
     "gaussian_clusters": gaussian_clusters,
     "diabetes": diabetes,
     "digits": digits,
+    "wine": wine,
 }
