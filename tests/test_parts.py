@@ -175,6 +175,8 @@ def test_whole_run_finishes_what_a_part_left(tmp_path, capsys):
     real = runner.run_cell
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runner, "run_cell", lambda s, c: (calls.append(c.id), real(s, c))[1])
+        assert main(["run", cfg, "--out", out, "--part", "7/7", "--quiet", "--no-plot"]) == 0
+        assert calls == [] and "part 7/7 has no cells (the sweep has 6)" in capsys.readouterr().err
         assert main(["run", cfg, "--out", out, "--part", "1/3", "--quiet", "--no-plot",
                      "--jobs", "1"]) == 0
         assert calls == CELLS[0::3] and _manifest(out)["status"] == "partial"
