@@ -225,16 +225,18 @@ def run_study(
     identical, only the store is written from this thread. `after_cell` is called after each
     stored cell.
 
-    Arguments:
-        study: the loaded config.
-        out_dir: the run folder.
-        progress: show a progress bar (tqdm).
-        jobs: cells computed at once.
-        after_cell: called with each stored cell and its records.
-        part: (i, n), 1 ≤ i ≤ n: compute only the cells of part i of n.
+    **Arguments:**
 
-    Returns:
-        The run folder's store; its manifest holds every cell's status, other runs' too."""
+    - `study`: the loaded config.
+    - `out_dir`: the run folder.
+    - `progress`: show a progress bar (tqdm).
+    - `jobs`: cells computed at once.
+    - `after_cell`: called with each stored cell and its records.
+    - `part`: (i, n) with 1 ≤ i ≤ n: compute only the cells of part i of n.
+
+    **Returns:** the run folder's store; its manifest holds every cell's status, other runs'
+    too.
+    """
     if int(jobs) < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     cells = expand_grid(study)
