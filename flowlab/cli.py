@@ -1,6 +1,6 @@
 """`flowlab run|plot|report|info`: config-driven studies from the command line.
 
-    flowlab run CONFIG [key.sub=value ...] [--out DIR] [--no-plot] [--quiet]
+    flowlab run CONFIG [key.sub=value ...] [--out DIR] [--part I/N] [--no-plot] [--quiet]
     flowlab plot RUN
     flowlab report RUN [--seeds] [--markdown FILE]
     flowlab info
@@ -8,6 +8,7 @@
 
 import argparse
 import os
+import re
 import shlex
 import sys
 
@@ -53,7 +54,19 @@ def _err(msg: str) -> int:
     return 2
 
 
+def parse_part(text: str) -> tuple[int, int] | None:
+    """`--part I/N` as (I, N), or None unless I and N are integers with 1 <= I <= N."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if m is None or not 1 <= int(m[1]) <= int(m[2]):
+        return None
+    return int(m[1]), int(m[2])
+
+
 def cmd_run(args) -> int:
+    part = None
+    if args.part is not None and (part := parse_part(args.part)) is None:
+        return _err(f"--part expects I/N, part I of N with integers 1 <= I <= N (e.g. --part "
+                    f"2/8), got {args.part!r}")
     from .study.config import ConfigError, load_config
 
     try:
@@ -72,32 +85,47 @@ def cmd_run(args) -> int:
     _set_precision(study.config["precision"])
     from .study.grid import expand_grid
     from .study.memory import too_large
-    from .study.report import aggregate, table
-    from .study.runner import run_study
+    from .study.runner import part_cells, run_study
 
-    refusal = too_large(study, expand_grid(study))
+    cells = expand_grid(study)
+    mine = part_cells(cells, part)
+    refusal = too_large(study, mine)  # only this part's cells run here
     if refusal is not None:  # before a byte is allocated: exit 2, what to change
         return _err(f"{args.config}: {refusal}")
-
+    if part is not None and not mine:
+        print(f"flowlab: part {args.part} has no cells (the sweep has {len(cells)})",
+              file=sys.stderr)
     try:
-        store = run_study(study, out, progress=not args.quiet, jobs=args.jobs)
+        store = run_study(study, out, progress=not args.quiet, jobs=args.jobs, part=part)
     except (StoreError, ConfigError) as e:
         return _err(str(e))
     except KeyboardInterrupt:
-        command = shlex.join(["flowlab", "run", args.config, *args.overrides, "--out", out])
+        command = shlex.join(["flowlab", "run", args.config, *args.overrides, "--out", out,
+                              *(["--part", args.part] if part else [])])
         print(f"\ninterrupted; finished cells are kept. Rerun the same command to resume:\n"
               f"  {command}", file=sys.stderr)
         return 130
+    return _run_outcome(args, study, store, {c.id for c in mine})
+
+
+def _run_outcome(args, study, store, mine: set[str]) -> int:
+    """Print where the results are (figures drawn from every finished cell, other parts'
+    too), the table, and the failures of this run's cells; returns the exit code."""
+    from .study.report import aggregate, table
+
     cells = store.manifest["cells"]
     done = sum(c["status"] == "done" for c in cells.values())
-    failed = {k: c.get("error", "") for k, c in cells.items() if c["status"] == "failed"}
+    failed = {k: c.get("error", "") for k, c in cells.items()
+              if c["status"] == "failed" and k in mine}
     print(f"run folder: {store.path}  ({done}/{len(cells)} cells done)")
     print(f"summary:    {os.path.join(store.path, 'summary.csv')}")
     if done and not args.no_plot:
         from .study.plots import plot_run
 
         paths = plot_run(store.path)
-        print("figures:    " + ", ".join(p for p in paths if p.endswith(".png")))
+        print("figures:    " + ", ".join(p for p in paths if p.endswith(".png"))
+              + (f"  (from {done} of {len(cells)} cells; redrawn by each run that ends)"
+                 if done < len(cells) else ""))
     if not args.quiet and done:
         from .study.report import terminal_columns
 
@@ -105,11 +133,12 @@ def cmd_run(args) -> int:
                     only=study.config["output"]["columns"] or terminal_columns(study.config)))
     for k, e in failed.items():
         print(f"cell {k} failed: {e}", file=sys.stderr)
-    runs_failed = [r for r in store.rows() if r.get("failure")]
+    runs_failed = [r for r in store.rows() if r.get("failure") and r["cell"] in mine]
     for r in runs_failed:
         print(f"run {r['cell']} seed {r['seed']} failed: {r['failure']}", file=sys.stderr)
     if runs_failed:
-        print(f"{len(runs_failed)} of {len(store.rows())} runs failed (exit code 3)",
+        print(f"{len(runs_failed)} of {sum(r['cell'] in mine for r in store.rows())} runs failed "
+          "(exit code 3)",
               file=sys.stderr)
     return 1 if failed else 3 if runs_failed else 0
 
@@ -206,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="override config entries; values are TOML (strings may be bare)")
     r.add_argument("--out", help="run folder (default: output.dir, else runs/<config name>)")
+    r.add_argument("--part", metavar="I/N",
+                   help="compute part I of N of the sweep: the cells whose index in grid order "
+                        "(from 0) is I-1 mod N; any number of parts (cluster jobs) may run at "
+                        "once on one folder")
     r.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="cells run at once (threads; default min(2, CPUs)): XLA compiles a "
                         "cell on one core, so two cores compile two cells at once")

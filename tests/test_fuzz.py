@@ -565,8 +565,10 @@ def test_killed_many_times_resumes_to_the_clean_summary(tmp_path):
 
 @pytest.mark.slow
 def test_two_runs_at_once_never_both_compute(tmp_path):
-    """Two `flowlab run` on one folder at once: one computes, the other is refused (exit 2, 'in
-    use') or, if it starts after the first ended, finds every cell done."""
+    """Two `flowlab run` on one folder at once: never both compute one cell (a lock per cell):
+    the second computes the cells the first has not taken, or finds every cell done; both end
+    with the clean summary. (Refused, exit 2 'in use', only if the manifest's lock stays held
+    past LOCK_TIMEOUT.)"""
     cfg = write(tmp_path / "c.toml", TINY)
     env = subprocess_env(str(tmp_path / "xla"))
     out = str(tmp_path / "run")
@@ -588,3 +590,6 @@ def test_two_runs_at_once_never_both_compute(tmp_path):
         sessions = json.load(f)["sessions"]
     assert len(sessions) == (1 if second.returncode == 2 else 2)
     assert same_rows(read_summary(out), read_summary(str(tmp_path / "ref")))
+    with open(os.path.join(out, "manifest.json")) as f:
+        cells = json.load(f)["cells"]
+    assert all(c["status"] == "done" for c in cells.values())

@@ -16,10 +16,11 @@ from filelock import FileLock
 
 from flowlab.cli import main
 from flowlab.study import runner
+from flowlab.study import store as store_module
 from flowlab.study.config import ConfigError, load_config
 from flowlab.study.store import RunStore, StoreError, read_summary
 
-LOCK_NAME = ".flowlab.lock"  # the run folder's lock file
+LOCK_NAME = ".flowlab.lock"  # the run folder's manifest lock file
 
 
 @pytest.fixture(autouse=True)
@@ -201,7 +202,10 @@ def test_damaged_config_and_summary(config, clean, tmp_path, capsys, calls):
 # --- 3. the lock -----------------------------------------------------------------------------
 
 
-def test_a_folder_in_use_is_refused(config, clean, tmp_path, capsys, calls):
+def test_a_folder_in_use_is_refused(config, clean, tmp_path, capsys, calls, monkeypatch):
+    """A run whose manifest lock another run holds past LOCK_TIMEOUT (held only while writing
+    the manifest: that run is stuck) is refused, and writes nothing."""
+    monkeypatch.setattr(store_module, "LOCK_TIMEOUT", 0.5)
     out = copy_run(clean, tmp_path / "run")
     before = {n: _text(os.path.join(out, n)) for n in ("manifest.json", "summary.csv")}
     with FileLock(os.path.join(out, LOCK_NAME), timeout=0):  # another run holds it

@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .store import RunStore, read_summary
+from .store import RunStore, StoreError, read_summary
 
 __all__ = ["plot_run"]
 
@@ -54,13 +54,36 @@ def _label(row, keys):
 _MARKERS = "osD^v<>ph*"
 
 
+#: seconds a run waits for another one drawing the same figures
+FIGURES_TIMEOUT = 600.0
+
+
 def plot_run(run_dir: str, out_dir: str | None = None, dpi: int = 110) -> list[str]:
-    """Write the run's figures into RUN/figures (or out_dir); returns the file paths."""
+    """Write the run's figures into RUN/figures (or out_dir), from every cell finished so far;
+    returns the file paths.
+
+    Runs that end at once (parts of one sweep) draw one after the other, under a lock in the
+    figure folder, each reading the folder once it holds it: the last one draws every cell."""
+    from filelock import FileLock, Timeout
+
+    out_dir = out_dir or os.path.join(os.path.abspath(run_dir), "figures")
+    os.makedirs(out_dir, exist_ok=True)
+    lock = FileLock(os.path.join(out_dir, ".figures.lock"), thread_local=False)
+    try:
+        lock.acquire(timeout=FIGURES_TIMEOUT)
+    except Timeout:
+        raise StoreError(f"{out_dir} is in use: another run has drawn its figures for over "
+                         f"{FIGURES_TIMEOUT:g} s; run `flowlab plot {run_dir}` later") from None
+    try:
+        return _draw(run_dir, out_dir, dpi)
+    finally:
+        lock.release()
+
+
+def _draw(run_dir, out_dir, dpi) -> list[str]:
     plt = _plt()
     store = RunStore(run_dir)
     rows = read_summary(run_dir)
-    out_dir = out_dir or os.path.join(store.path, "figures")
-    os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name, draw in (("decay", _decay), ("rates", _rates), ("rank_map", _rank_map),
                        ("stopping_time", _stopping_time)):

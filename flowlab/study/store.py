@@ -4,13 +4,17 @@ Layout::
 
     RUN/config.json        the resolved config (what determines the results; the SHA-256 of
                            a data file's contents included)
-    RUN/manifest.json      versions, devices, git commit, sessions, each cell's status and the
-                           SHA-256 of its two files, those of config.json and summary.csv, and
-                           of its own contents
+    RUN/manifest.json      sessions (versions, devices, git commit, host, pid, part), each
+                           cell's status, the session that computed it and the SHA-256 of its
+                           two files, those of config.json and summary.csv, and of its own
+                           contents; the folder's status (running, complete, failed,
+                           interrupted, or partial: other parts' cells still to do)
     RUN/cells/ID.npz       a cell's arrays (seed axis first)
     RUN/cells/ID.json      a cell's summary rows (one per seed)
     RUN/summary.csv        all finished rows, in grid order
-    RUN/.flowlab.lock      held (an OS file lock, `filelock`) while a run writes the folder
+    RUN/.flowlab.lock      the manifest's lock (an OS file lock, `filelock`): held while a run
+                           re-reads, changes and writes the manifest and the summary
+    RUN/cells/.ID.lock     a cell's lock: held by the run computing that cell
 
 The folder cannot lie:
 
@@ -22,11 +26,19 @@ The folder cannot lie:
 - an unreadable manifest is rebuilt by the next run from config.json (when it is the same
   config) and the cell files that load completely; `plot` and `report` name it;
 - a folder holding another config (or results of other data) is refused, listing the
-  differences; one run at a time holds the lock, a second one is refused.
+  differences.
+
+Any number of runs may write one folder at once (`flowlab run --part I/N`, or whole runs): a
+run computes a cell only while it holds that cell's lock, and changes the manifest only under
+the manifest's lock, re-reading it from disk first, so that no run loses another's cells. The
+summary is written with every change of the manifest, from all the cells finished so far. The
+OS releases the locks of a killed run (even by kill -9): its unfinished cell is taken by the
+next run that reaches it.
 
 Every problem is a StoreError whose message names the path.
 """
 
+import contextlib
 import csv
 import datetime as _dt
 import hashlib
@@ -38,6 +50,7 @@ import platform
 import re
 import subprocess
 import sys
+import uuid
 from importlib import metadata
 
 import numpy as np
@@ -47,9 +60,13 @@ from .records import columns, parse_value
 __all__ = ["LOCK_NAME", "RunStore", "StoreError", "atomic_write", "check_run_folder",
            "read_summary"]
 
-#: the lock file inside a run folder
+#: the manifest's lock file inside a run folder
 LOCK_NAME = ".flowlab.lock"
+#: seconds a run waits for the manifest's lock (held only while a run writes the manifest and
+#: the summary) before it calls the folder stuck
+LOCK_TIMEOUT = 60.0
 _TMP = re.compile(r"^\..+\.tmp\d+$")  # atomic_write's temporary files
+_LOCK = re.compile(r"^\..+\.lock$")  # the manifest's lock, the cells' locks
 
 
 class StoreError(RuntimeError):
@@ -150,8 +167,8 @@ def environment() -> dict:
 
 
 def _entries(path: str) -> list[str]:
-    """What a folder holds, less the lock file and left-over temporary files."""
-    return [n for n in os.listdir(path) if n != LOCK_NAME and not _TMP.match(n)]
+    """What a folder holds, less lock files and left-over temporary files."""
+    return [n for n in os.listdir(path) if not _LOCK.match(n) and not _TMP.match(n)]
 
 
 def check_run_folder(path: str) -> str:
@@ -187,17 +204,41 @@ def _read_only_fs(path: str) -> bool:
         return False
 
 
-def _take_lock(path: str, timeout: float = 0):
-    """The run folder's lock (an OS lock: released when the process ends, even by kill -9)."""
+def _new_lock(path: str):
+    """The manifest's lock of the run folder `path` (not yet taken)."""
+    from filelock import FileLock
+
+    return FileLock(os.path.join(path, LOCK_NAME), thread_local=False)
+
+
+def _take_lock(path: str, timeout: float | None = None, lock=None):
+    """Take the manifest's lock (`lock`, or a new one), waiting up to `timeout` seconds
+    (default LOCK_TIMEOUT). An OS lock: released when the process ends, even by kill -9."""
+    from filelock import Timeout
+
+    timeout = LOCK_TIMEOUT if timeout is None else timeout
+    lock = lock if lock is not None else _new_lock(path)
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise StoreError(f"{path} is in use by another flowlab run (it has held {lock.lock_file} "
+                         f"for over {timeout:g} s, where a run holds it only while it writes the "
+                         "manifest and the summary: that run is stuck); wait for it to finish, "
+                         "or choose another --out") from None
+    except OSError as e:
+        raise StoreError(f"cannot write the run folder {path}: {e.strerror or e}") from None
+    return lock
+
+
+def _try_lock(path: str, lock_path: str):
+    """The lock at `lock_path`, taken at once; None when another process holds it."""
     from filelock import FileLock, Timeout
 
-    lock_path = os.path.join(path, LOCK_NAME)
-    lock = FileLock(lock_path, timeout=timeout, thread_local=False)
+    lock = FileLock(lock_path, thread_local=False)
     try:
-        lock.acquire()
+        lock.acquire(blocking=False)
     except Timeout:
-        raise StoreError(f"{path} is in use by another flowlab run (it holds {lock_path}); wait "
-                         "for it to finish, or choose another --out") from None
+        return None
     except OSError as e:
         raise StoreError(f"cannot write the run folder {path}: {e.strerror or e}") from None
     return lock
@@ -247,13 +288,22 @@ def _parse_summary(text: str) -> list[dict]:
 
 class RunStore:
     """One run folder. `RunStore.open(path, study, cells)` creates or resumes it for a run
-    (holding its lock until `close`); `RunStore(path)` reads it."""
+    (which takes its cells with `claim` and ends with `close`); `RunStore(path)` reads it."""
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
         if not os.path.isdir(self.path):
             raise StoreError(f"{self.path} is not a flowlab run folder (no such folder)")
         self.cells_dir = os.path.join(self.path, "cells")
+        self.manifest = self._load_manifest()
+        self.notes: list[str] = []  # what opening found and repaired (damaged cells, ...)
+        self._verified: dict[str, str | None] = {}  # cell id -> None (intact) or the problem
+        self._rows: dict[str, list[dict]] = {}
+        self._manifest_lock = None  # one object per process: flock conflicts between objects
+        self._held: dict = {}  # cell id -> its lock, while this process computes the cell
+        self.session: str | None = None  # this run's entry in manifest["sessions"]
+
+    def _load_manifest(self) -> dict:
         manifest = self._read_json("manifest.json")
         try:
             _check_manifest(manifest)
@@ -261,11 +311,35 @@ class RunStore:
                 raise ValueError("its contents do not match its SHA-256")
         except ValueError as e:
             raise StoreError(self._damaged("manifest.json", e)) from None
-        self.manifest = manifest
-        self.notes: list[str] = []  # what opening found and repaired (damaged cells, ...)
-        self._verified: dict[str, str | None] = {}  # cell id -> None (intact) or the problem
-        self._rows: dict[str, list[dict]] = {}
-        self._lock = None
+        return manifest
+
+    def _reload(self) -> "RunStore":
+        """Read the manifest again (other runs may have changed it), forgetting what was
+        verified of the cells whose entries changed."""
+        fresh, old = self._load_manifest(), self.manifest["cells"]
+        for cid, entry in fresh["cells"].items():
+            before = old.get(cid, {})
+            if (before.get("status"), before.get("sha256")) != (entry.get("status"), entry.get("sha256")):
+                self._verified.pop(cid, None)
+                self._rows.pop(cid, None)
+        self.manifest = fresh
+        return self
+
+    @contextlib.contextmanager
+    def _update(self):
+        """Change the manifest: under its lock, re-read from disk (so that no other run's
+        cells are lost), changed by the body, then written with the summary of every finished
+        cell. Yields the manifest."""
+        if self._manifest_lock is None:
+            self._manifest_lock = _new_lock(self.path)
+        _take_lock(self.path, lock=self._manifest_lock)
+        try:
+            self._reload()
+            yield self.manifest
+            self._write_summary()
+            self._write_manifest()
+        finally:
+            self._manifest_lock.release()
 
     # reading ------------------------------------------------------------------------------
     def _damaged(self, name, error) -> str:
@@ -410,65 +484,73 @@ class RunStore:
             if have != self.manifest["config_sha256"]:
                 raise StoreError(self._damaged("config.json", "its SHA-256 differs from the manifest's"))
         p = os.path.join(self.path, "summary.csv")
-        want = self.manifest.get("summary_sha256")
         if "summary_sha256" not in self.manifest:  # written before checksums: trust it
             return []
-        try:
-            with open(p, "rb") as f:
-                have = _sha256(f.read())
-        except OSError:
-            have = None
-        if have == want:
+        if _summary_sha256(p) == self.manifest["summary_sha256"]:
             return []
+        # another run may have written both files since the manifest was read: look again
+        # under the manifest's lock, and rewrite the summary only if it still differs
+        if self._manifest_lock is None:
+            self._manifest_lock = _new_lock(self.path)
         try:
-            lock = _take_lock(self.path)
+            _take_lock(self.path, lock=self._manifest_lock)
         except StoreError as e:
             raise StoreError(f"{p} does not match the finished cells (damaged, or being written) "
                              f"and cannot be rewritten now: {e}") from None
         try:
-            self.write_summary()
+            if _summary_sha256(p) == self._reload().manifest.get("summary_sha256"):
+                return []
+            self._write_summary()
+            self._write_manifest()
         finally:
-            lock.release()
+            self._manifest_lock.release()
         return [f"{p} did not match the finished cells; rewrote it from them"]
 
     # creating / resuming ------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str, study, cells, *, wait: float = 0) -> "RunStore":
-        """Create the folder for `study`, or resume it when it holds the same config, holding
-        the folder's lock until `close` (another run holding it: StoreError, or wait up to
-        `wait` seconds).
+    def open(cls, path: str, study, cells, *, part: tuple[int, int] | None = None,
+             wait: float | None = None) -> "RunStore":
+        """Create the folder for `study`, or resume it when it holds the same config, under
+        the manifest's lock (waiting up to `wait` seconds, default LOCK_TIMEOUT, for another
+        run to release it); other runs may write the folder at the same time.
 
-        `cells` is the expanded grid (objects with .id and .values). Finished cells whose files
-        are damaged or missing are marked for recomputation (listed in `store.notes`); an
-        unreadable manifest is rebuilt from the cell files. Raises StoreError when the folder
-        holds another config, is not a run folder, is in use or cannot be written."""
+        `cells` is the expanded grid (objects with .id and .values); `part` (i, n) is recorded
+        in this run's session. Finished cells whose files are damaged or missing are marked for
+        recomputation (listed in `store.notes`); an unreadable manifest is rebuilt from the
+        cell files. Raises StoreError when the folder holds another config, is not a run
+        folder, stays locked or cannot be written."""
         path = check_run_folder(path)
         try:
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(os.path.join(path, "cells"), exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create the run folder {path}: {e.strerror or e}") from None
+        session = {"id": uuid.uuid4().hex[:12], "start": now(), "end": None,
+                   "host": platform.node(), "pid": os.getpid(),
+                   **({"part": f"{part[0]}/{part[1]}"} if part else {}), **environment()}
+        try:  # verified before the lock (reading every cell may take long): under it, only
+            # the cells changed in between are read again
+            known = cls(path)
+            known.damaged()
+        except StoreError:
+            known = None
         lock = _take_lock(path, wait)
         try:
-            try:
-                os.makedirs(os.path.join(path, "cells"), exist_ok=True)
-            except OSError as e:
-                raise StoreError(f"cannot write the run folder {path}: {e.strerror or e}") from None
-            store = cls._open_locked(path, study, cells)
-        except BaseException:
+            store = cls._open_locked(path, study, cells, session, known)
+        finally:
             lock.release()
-            raise
-        store._lock = lock
+        store._manifest_lock = lock
+        store.session = session["id"]
         return store
 
     @classmethod
-    def _open_locked(cls, path, study, cells) -> "RunStore":
+    def _open_locked(cls, path, study, cells, session, known) -> "RunStore":
         config, fingerprint = study.as_dict(), study.fingerprint()
         config_p, manifest_p = (os.path.join(path, n) for n in ("config.json", "manifest.json"))
         _remove_temporaries(path)
         notes, store = [], None
         if os.path.isfile(manifest_p):
             try:
-                store = cls(path)
+                store = known._reload() if known is not None else cls(path)
             except StoreError as e:
                 notes.append(str(e).split("; run `flowlab run`")[0])
         if store is not None:
@@ -476,41 +558,7 @@ class RunStore:
                 raise StoreError(_refusal(path, store.manifest["fingerprint"], fingerprint,
                                           _stored_config(path), config))
         else:
-            # no manifest (killed while creating) or an unreadable one: the cell files are this
-            # config's only if config.json says so
-            has_cells = any(n.endswith((".npz", ".json")) for n in os.listdir(os.path.join(path, "cells")))
-            if has_cells and not notes:
-                notes.append(f"{manifest_p} is missing")
-            if has_cells:
-                old = _stored_config(path)
-                if old is None:
-                    raise StoreError(f"{manifest_p} is missing or damaged and {config_p} is "
-                                     "unreadable: nothing says which config the cell files belong "
-                                     "to. Delete the folder to start over, or choose another --out")
-                from .config import Study
-
-                old_fp = Study(name=study.name, source=study.source, config=old).fingerprint()
-                if old_fp != fingerprint:
-                    raise StoreError(_refusal(path, old_fp, fingerprint, old, config))
-            atomic_write(config_p, _json(config))
-            manifest = {
-                "name": study.name,
-                "source": os.path.abspath(study.source),
-                "fingerprint": fingerprint,
-                "created": now(),
-                "status": "running",
-                "sessions": [],
-                "cells": {c.id: {"status": "pending", "values": c.values} for c in cells},
-            }
-            atomic_write(manifest_p, _manifest_text(manifest))
-            store = cls(path)
-            if has_cells:  # rebuild: adopt every cell whose files load completely
-                kept = 0
-                for c in cells:
-                    if store.verify(c.id) is None:
-                        store.manifest["cells"][c.id]["status"] = "done"
-                        kept += 1
-                notes[-1] += f"; rebuilt it: {kept} of {len(cells)} cells kept from their files"
+            store = cls._create(path, study, cells, notes)
         # refresh what only shapes the output (description, report columns)
         m = store.manifest
         m["config_sha256"] = atomic_write(config_p, _json(config))
@@ -525,45 +573,120 @@ class RunStore:
             elif "sha256" not in entry:  # an older folder, or a rebuilt manifest: record them now
                 entry["sha256"] = {e: _file_sha256(store.cell_file(cid, e)) for e in ("npz", "json")}
         m["status"] = "running"
-        m["sessions"].append({"start": now(), "end": None, **environment(),
-                              **({"repaired": notes} if notes else {})})
+        m["sessions"].append({**session, **({"repaired": notes} if notes else {})})
         store._write_summary()
         store._write_manifest()
         store.notes = notes
         return store
 
+    @classmethod
+    def _create(cls, path, study, cells, notes) -> "RunStore":
+        """A new manifest: no manifest (killed while creating) or an unreadable one. The cell
+        files are this config's only if config.json says so; those that load completely are
+        kept."""
+        config, fingerprint = study.as_dict(), study.fingerprint()
+        config_p, manifest_p = (os.path.join(path, n) for n in ("config.json", "manifest.json"))
+        has_cells = any(n.endswith((".npz", ".json")) for n in os.listdir(os.path.join(path, "cells")))
+        if has_cells and not notes:
+            notes.append(f"{manifest_p} is missing")
+        if has_cells:
+            old = _stored_config(path)
+            if old is None:
+                raise StoreError(f"{manifest_p} is missing or damaged and {config_p} is "
+                                 "unreadable: nothing says which config the cell files belong "
+                                 "to. Delete the folder to start over, or choose another --out")
+            from .config import Study
+
+            old_fp = Study(name=study.name, source=study.source, config=old).fingerprint()
+            if old_fp != fingerprint:
+                raise StoreError(_refusal(path, old_fp, fingerprint, old, config))
+        atomic_write(config_p, _json(config))
+        manifest = {
+            "name": study.name,
+            "source": os.path.abspath(study.source),
+            "fingerprint": fingerprint,
+            "created": now(),
+            "status": "running",
+            "sessions": [],
+            "cells": {c.id: {"status": "pending", "values": c.values} for c in cells},
+        }
+        atomic_write(manifest_p, _manifest_text(manifest))
+        store = cls(path)
+        if has_cells:  # rebuild: adopt every cell whose files load completely
+            kept = 0
+            for c in cells:
+                if store.verify(c.id) is None:
+                    store.manifest["cells"][c.id]["status"] = "done"
+                    kept += 1
+            notes[-1] += f"; rebuilt it: {kept} of {len(cells)} cells kept from their files"
+        return store
+
     def _write_manifest(self):
         atomic_write(os.path.join(self.path, "manifest.json"), _manifest_text(self.manifest))
 
+    def claim(self, cell_id: str, values: dict) -> str:
+        """Take a cell to compute. Returns 'claimed' (this process holds the cell's lock until
+        `save_cell` or `mark(.., 'failed')`, and the manifest calls the cell running), 'busy'
+        (another run holds its lock) or 'done' (another run finished it)."""
+        lock = _try_lock(self.path, os.path.join(self.cells_dir, f".{cell_id}.lock"))
+        if lock is None:
+            return "busy"
+        try:
+            _remove_temporaries(self.path, cell_id)  # a killed writer's: the cell is ours now
+            with self._update() as m:
+                if self.is_done(cell_id):
+                    lock.release()
+                    return "done"
+                entry = m["cells"].setdefault(cell_id, {})
+                entry.update(status="running", started=now(), values=values, session=self.session)
+                entry.pop("sha256", None)
+                self._verified.pop(cell_id, None)
+                self._rows.pop(cell_id, None)
+        except BaseException:
+            lock.release()
+            raise
+        self._held[cell_id] = lock
+        return "claimed"
+
+    def _release(self, cell_id: str) -> None:
+        lock = self._held.pop(cell_id, None)
+        if lock is not None:
+            lock.release()
+
     def mark(self, cell_id: str, status: str, **info) -> None:
-        entry = self.manifest["cells"].setdefault(cell_id, {})
-        entry.update(status=status, **info)
-        if status != "done":
-            entry.pop("sha256", None)
-            self._verified.pop(cell_id, None)
-            self._rows.pop(cell_id, None)
-        self._write_manifest()
+        """Record a cell's status (and `info`) in the manifest; a cell marked anything but
+        running is released."""
+        with self._update() as m:
+            entry = m["cells"].setdefault(cell_id, {})
+            entry.update(status=status, **info)
+            if status != "done":
+                entry.pop("sha256", None)
+                self._verified.pop(cell_id, None)
+                self._rows.pop(cell_id, None)
+        if status != "running":
+            self._release(cell_id)
 
     def save_cell(self, cell_id: str, arrays: dict, rows: list[dict], **info) -> None:
-        """Store a finished cell: arrays, rows, summary, then the manifest entry with the two
-        files' checksums (in that order: a kill before the manifest leaves the cell unfinished)."""
+        """Store a finished cell: arrays, rows, then the manifest entry with the two files'
+        checksums and the summary (in that order: a kill before the manifest leaves the cell
+        unfinished), and release the cell."""
         buf = io.BytesIO()
         np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
         npz, js = buf.getvalue(), _json(rows).encode()
         sums = {"npz": atomic_write(self.cell_file(cell_id, "npz"), npz),
                 "json": atomic_write(self.cell_file(cell_id, "json"), js)}
-        entry = self.manifest["cells"].setdefault(cell_id, {})
-        for k in ("error", "damage"):
-            entry.pop(k, None)
-        entry.update(status="done", finished=now(), sha256=sums, **info)
-        self._verified[cell_id] = None
-        self._rows[cell_id] = json.loads(js)
-        self._write_summary()
-        self._write_manifest()
+        with self._update() as m:
+            entry = m["cells"].setdefault(cell_id, {})
+            for k in ("error", "damage"):
+                entry.pop(k, None)
+            entry.update(status="done", finished=now(), sha256=sums, **info)
+            self._verified[cell_id] = None
+            self._rows[cell_id] = json.loads(js)
+        self._release(cell_id)
 
     def _write_summary(self) -> str:
         """summary.csv from the intact finished cells; its checksum goes into the manifest (in
-        memory: the caller writes the manifest)."""
+        memory: the caller writes the manifest, under the manifest's lock)."""
         rows = self.rows()
         path = os.path.join(self.path, "summary.csv")
         # no finished cell: the header alone (the file a run reports exists, and says so)
@@ -573,26 +696,37 @@ class RunStore:
         return path
 
     def write_summary(self) -> str:
-        path = self._write_summary()
-        self._write_manifest()
-        return path
+        """Write summary.csv (and the manifest) from every cell finished so far."""
+        with self._update():
+            pass
+        return os.path.join(self.path, "summary.csv")
 
     def close(self, status: str) -> None:
-        """Write the summary and the session's end, and release the folder's lock."""
+        """Write the session's end, the folder's status and the summary, and release the
+        cells this run still holds. `status` is this run's ('complete', 'failed',
+        'interrupted'); the folder's is 'partial' while other cells are unfinished."""
         try:
-            self.manifest["status"] = status
-            self.manifest["sessions"][-1]["end"] = now()
-            try:
-                self._write_summary()
-                self._write_manifest()
-            except StoreError:
-                if status in ("complete", "failed"):
-                    raise
-                # interrupted by a write failure: the first error is the one to report
+            with self._update() as m:
+                for s in m["sessions"]:
+                    if s.get("id") == self.session:
+                        s["end"] = now()
+                m["status"] = _folder_status(status, m["cells"])
+        except StoreError:
+            if status in ("complete", "failed"):
+                raise
+            # interrupted by a write failure: the first error is the one to report
         finally:
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            for cell_id in list(self._held):
+                self._release(cell_id)
+
+
+def _folder_status(run: str, cells: dict) -> str:
+    """The folder's status once a run ended with `run`: 'interrupted', or from the cells:
+    'complete' (all done), 'failed' (one failed), else 'partial' (other runs' cells to do)."""
+    if run == "interrupted":
+        return run
+    statuses = {c.get("status") for c in cells.values()}
+    return "complete" if statuses <= {"done"} else "failed" if "failed" in statuses else "partial"
 
 
 def _file_sha256(path: str) -> str:
@@ -600,16 +734,26 @@ def _file_sha256(path: str) -> str:
         return _sha256(f.read())
 
 
-def _remove_temporaries(path: str) -> None:
-    """Temporary files of writers killed mid-write (only ever ours: we hold the lock)."""
-    for folder in (path, os.path.join(path, "cells")):
-        for name in os.listdir(folder):
-            if _TMP.match(name) and (folder != path or name.split(".tmp")[0] in (
-                    ".config.json", ".manifest.json", ".summary.csv")):
-                try:
-                    os.remove(os.path.join(folder, name))
-                except OSError:
-                    pass
+def _summary_sha256(path: str) -> str | None:
+    try:
+        return _file_sha256(path)
+    except OSError:
+        return None
+
+
+def _remove_temporaries(path: str, cell_id: str | None = None) -> None:
+    """Temporary files of writers killed mid-write: of config.json, manifest.json and
+    summary.csv (the caller holds the manifest's lock), or of cell `cell_id` (the caller holds
+    its lock). Only these: another run may be writing the other cells now."""
+    folder = path if cell_id is None else os.path.join(path, "cells")
+    names = ((".config.json", ".manifest.json", ".summary.csv") if cell_id is None
+             else (f".{cell_id}.npz", f".{cell_id}.json"))
+    for name in os.listdir(folder):
+        if _TMP.match(name) and name.rsplit(".tmp", 1)[0] in names:
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
 
 
 def _stored_config(path: str) -> dict | None:
