@@ -171,3 +171,21 @@ def test_saved_diagnostics_equal_a_full_svd(route):
                                             jnp.cos(jnp.concatenate([x, x[:1]])[:, :1])))
     _, _, rank = fl.linalg.spectrum_ends(dup, dup.theta0, route)
     assert int(rank) == 12
+
+
+@pytest.mark.parametrize("flow", [fl.AdaptedFlow(), fl.AdaptedFlow("svd", rcond=1e-10),
+                                  fl.AdaptedFlow("cholesky")], ids=["auto", "svd", "cholesky"])
+def test_euler_diagnostics_come_from_the_step_and_equal_a_full_svd(flow):
+    """Default `euler_steps` saves σ_min, σ_max and rank of D at every iterate from the step's
+    own factorisation (the last iterate's apart): equal to numpy's SVD of D there to 1e-8."""
+    x = jr.normal(jr.key(7), (10, 2))
+    problem = fl.LeastSquaresProblem(fl.MLP(2, 1, [16, 16], "tanh", key=jr.key(8)),
+                                     fl.Dataset(x, jnp.sin(2 * x[:, :1])))
+    tr = fl.euler_steps(problem, flow, num_steps=4, save_theta=True)
+    n = int(tr.num_accepted_steps)
+    assert n >= 2
+    for k in range(n + 1):
+        sigma = np.linalg.svd(np.asarray(problem.jacobian(tr.theta[k])), compute_uv=False)
+        assert float(tr.sigma_min[k]) == pytest.approx(sigma[-1], rel=1e-8)
+        assert float(tr.sigma_max[k]) == pytest.approx(sigma[0], rel=1e-8)
+        assert int(tr.rank[k]) == 10

@@ -177,6 +177,20 @@ def test_steps_default_to_newton_steps_with_a_search_and_converge_fast():
     assert float(tr.cost_final) - c_min <= 1e-3 * (c0 - c_min)
 
 
+def test_damped_steps_recover_the_newton_direction_and_converge():
+    """λ → 0 gives −D⁺H⁺∇_X C; Levenberg–Marquardt steps of the flow reach the target."""
+    pb = ce_problem(seed=8)
+    flow = fl.HessianMetricFlow().resolve(pb, stepping=True)
+    v = flow.velocity(pb, pb.theta0)
+    v_damped, _ = flow.damped_velocity(pb, pb.theta0, 1e-12)
+    np.testing.assert_allclose(v_damped, v, rtol=1e-6, atol=1e-9 * float(jnp.abs(v).max()))
+    c0, c_min = float(pb.cost(pb.theta0)), float(pb.loss.minimum(pb.targets))
+    tr = fl.euler_steps(pb, fl.HessianMetricFlow(), num_steps=60, levenberg_marquardt=True,
+                        cost_target_relative=1e-10)
+    assert tr.stop_reason == "cost_target"
+    assert float(tr.cost_final) - c_min <= 1e-10 * (c0 - c_min)
+
+
 def test_squared_loss_gives_the_adapted_flow_in_time_kappa_s():
     for k in (64, 1):  # K = 257 >= QN = 10 and K = 5 < QN
         x = jr.normal(jr.key(0), (10, 2))

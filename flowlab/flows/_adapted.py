@@ -31,9 +31,12 @@ class AdaptedFlow(AbstractPinvFlow):
     solver: str | AbstractPinvSolver = "auto"
     rcond: float | None = eqx.field(static=True, default=None)
 
+    def _direction(self, problem, theta):
+        return problem.output_gradient(problem.outputs(theta))
+
     def velocity_details(self, problem, theta) -> tuple:
-        g = problem.output_gradient(problem.outputs(theta))
-        v, result, full_rank = self._solver(problem).solve_with_rank(problem, theta, g)
+        v, result, full_rank = self._solver(problem).solve_with_rank(
+            problem, theta, self._direction(problem, theta))
         return -v, result, full_rank
 
     def damped_velocity(self, problem, theta, damping) -> tuple:

@@ -10,7 +10,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from ..linalg import auto_gram, singular_values
+from ..linalg import auto_gram, singular_values, spectrum_ends
 from ..problem import SquaredLoss
 
 
@@ -55,6 +55,16 @@ class AbstractFlow(eqx.Module):
         for flows that invert nothing or need full rank). The ODE's rate-bound guard is armed
         only while every solve so far did: the bound's premise (MATH §3)."""
         return (*self.velocity_and_result(problem, theta), jnp.asarray(True))
+
+    def velocity_spectrum(self, problem, theta: Float[Array, " K"]) -> tuple:
+        """`velocity_and_result` and (σ_min, σ_max, rank) of D at θ, the saved diagnostics of
+        `euler_steps`: from the factorisation behind θ' where the flow's solve made one
+        (the pseudo-inverse flows), else measured apart (`spectrum_ends` on the flow's
+        `spectrum_route`).
+
+        **Returns:** `(v, result, (sigma_min, sigma_max, rank))`."""
+        v, result = self.velocity_and_result(problem, theta)
+        return v, result, spectrum_ends(problem, theta, self.spectrum_route(problem))
 
     def __call__(self, t, theta, problem):
         return self.velocity(problem, theta)

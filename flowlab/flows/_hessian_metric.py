@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 
-from ..linalg import AbstractPinvSolver
+from ..linalg import AbstractPinvSolver, spectrum_ends
 from ..problem import SquaredLoss
 from ._pinv import AbstractPinvFlow
 
@@ -65,6 +65,12 @@ class HessianMetricFlow(AbstractPinvFlow):
         v, result, full_rank = self._solver(problem).solve_with_rank(
             problem, theta, self._direction(problem, theta))
         return -v, result, full_rank
+
+    def velocity_spectrum(self, problem, theta) -> tuple:
+        if not problem.overparametrised:  # the K × K route solves no system with D
+            v, result, _ = _gauss_newton_velocity(problem, theta)
+            return v, result, spectrum_ends(problem, theta, self.spectrum_route(problem))
+        return super().velocity_spectrum(problem, theta)
 
     def damped_velocity(self, problem, theta, damping) -> tuple:
         """θ' = −Dᵀ(Θ + λI)⁻¹H⁺∇_X C, the damped step of `euler_steps(levenberg_marquardt=...)`."""

@@ -59,6 +59,15 @@ class AbstractPinvFlow(AbstractFlow):
     def velocity_and_result(self, problem, theta) -> tuple:
         return self.velocity_details(problem, theta)[:2]
 
+    def _direction(self, problem, theta):
+        """The output-space direction w pulled back, θ' = −D⁺w."""
+        raise NotImplementedError
+
+    def velocity_spectrum(self, problem, theta) -> tuple:
+        v, result, _, ends = self._solver(problem).solve_with_spectrum(
+            problem, theta, self._direction(problem, theta))
+        return -v, result, ends
+
     def check_damped(self, problem):
         solver = self._solver(problem)
         if not isinstance(solver, AbstractDampedPinvSolver):

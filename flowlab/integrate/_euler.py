@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..flows import AbstractFlow
+from ..linalg import spectrum_ends
 from ._batch import initial_theta, over_seeds, prepare, run_batched
 from ._options import IntegratorOptions
 from ._record import cost_target, saved_statistics
@@ -92,6 +93,14 @@ def _damped_step(problem, flow, theta, cost, damping, growth, h):
     return v, x_new, new_cost, finite, failure, accepted, damping, growth
 
 
+def _with_ends(hist: dict, row, ends) -> dict:
+    """The saved rows with (σ_min, σ_max, rank) of D written into row `row`."""
+    out = dict(hist)
+    for name, value in zip(("sigma_min", "sigma_max", "rank"), ends):
+        out[name] = hist[name].at[row].set(value.astype(hist[name].dtype))
+    return out
+
+
 def _initial_damping(problem, theta0, opts):
     """λ0 = initial_damping · rᵀΘr/rᵀr: the mean eigenvalue of Θ as seen by the residual
     (initial_damping itself where r = 0)."""
@@ -109,8 +118,12 @@ def _iterate(problem, flow, theta0, opts: IntegratorOptions) -> dict:
     target = cost_target(opts, cost0, problem)
     target = jnp.asarray(-jnp.inf, theta0.dtype) if target is None else target
 
+    # the diagnostics of iterate k come from the solve of step k (not for Levenberg–Marquardt,
+    # whose damped solve does not factorise D Dᵀ itself)
+    reuse = opts.diagnostics and not opts.levenberg_marquardt
+
     def record(theta, t, x, damping):
-        row = {"ts": t, **saved_statistics(problem, flow, theta, x, opts)}
+        row = {"ts": t, **saved_statistics(problem, flow, theta, x, opts, spectrum=not reuse)}
         if opts.levenberg_marquardt:  # the λ of the step that reached this row
             row["extras"] = {**row["extras"], "damping": damping}
         return row
@@ -130,7 +143,12 @@ def _iterate(problem, flow, theta0, opts: IntegratorOptions) -> dict:
                           <= jnp.finfo(theta.dtype).eps * jnp.linalg.norm(theta))
             halt = ~moved & ((failures >= opts.max_backtracks) | negligible)
         else:
-            v, finite, failure = _checked(*flow.velocity_and_result(problem, theta))
+            if reuse:
+                v, result, ends = flow.velocity_spectrum(problem, theta)
+                hist = _with_ends(hist, i, ends)
+            else:
+                v, result = flow.velocity_and_result(problem, theta)
+            v, finite, failure = _checked(v, result)
             h, tries, descent = _search(problem, theta, v, cost, opts)
             x = problem.outputs(theta + h * v)
             new_cost = problem.loss(x, problem.targets)
@@ -171,6 +189,13 @@ def _iterate(problem, flow, theta0, opts: IntegratorOptions) -> dict:
     _, theta, t, cost, code, evals, halvings, *_, hist = jax.lax.while_loop(
         lambda s: (s[0] < opts.num_steps) & (s[4] == STOP_CODE["t1_reached"]), step, state
     )
+    if reuse:  # the last iterate took no step: its spectrum apart, unless a failed step's solve gave it
+        last = jnp.sum(jnp.isfinite(hist["ts"])) - 1
+        hist = jax.lax.cond(
+            jnp.isnan(hist["sigma_min"][last]),
+            lambda hs: _with_ends(hs, last, spectrum_ends(problem, theta,
+                                                          flow.spectrum_route(problem))),
+            lambda hs: hs, hist)
     ts = hist.pop("ts")
     return {
         "ts": ts, "valid": jnp.isfinite(ts), **hist, "theta": hist.get("theta"),

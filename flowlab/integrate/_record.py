@@ -7,13 +7,15 @@ from ..theory import cost_floor
 from ._options import IntegratorOptions
 
 
-def saved_statistics(problem, flow, theta, outputs, opts: IntegratorOptions) -> dict:
-    """The cost, outputs and |θ| at θ; σ_min, σ_max and rank of D (NaN without diagnostics);
-    θ with save_theta; the extras."""
+def saved_statistics(problem, flow, theta, outputs, opts: IntegratorOptions,
+                     spectrum: bool = True) -> dict:
+    """The cost, outputs and |θ| at θ; σ_min, σ_max and rank of D (NaN without diagnostics, or
+    with `spectrum` False: the caller fills them from its solve); θ with save_theta; the
+    extras."""
     nan = jnp.full((), jnp.nan, theta.dtype)
     out = {"cost": problem.loss(outputs, problem.targets), "outputs": outputs,
            "theta_norm": jnp.linalg.norm(theta), "sigma_min": nan, "sigma_max": nan, "rank": nan}
-    if opts.diagnostics:  # from a Cholesky factor where Θ resolves D (no eigendecomposition)
+    if opts.diagnostics and spectrum:  # from a Cholesky factor where Θ resolves D (no eigendecomposition)
         sigma_min, sigma_max, rank = spectrum_ends(problem, theta, flow.spectrum_route(problem))
         out.update(sigma_min=sigma_min, sigma_max=sigma_max, rank=rank)
     if opts.save_theta:

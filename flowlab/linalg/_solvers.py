@@ -39,7 +39,13 @@ from ._nystrom import (
     jacobian_products,
     nystrom_preconditioner,
 )
-from ._spectrum import all_over_seeds, condition_limit
+from ._spectrum import (
+    all_over_seeds,
+    condition_limit,
+    ends_from_cholesky,
+    ends_from_svd,
+    spectrum_ends,
+)
 
 
 class AbstractPinvSolver(eqx.Module):
@@ -79,6 +85,15 @@ class AbstractPinvSolver(eqx.Module):
 
         **Returns:** `(v, result, full_rank)`."""
         return (*self.solve(problem, theta, rhs), jnp.asarray(True))
+
+    def solve_with_spectrum(self, problem, theta, rhs: Float[Array, " QN"]) -> tuple:
+        """`solve_with_rank` and (σ_min, σ_max, rank) of D at θ for the saved diagnostics,
+        taken from the factorisation the solve made where it made one (`GramOrQRSolver`,
+        `SVDSolver`); the others measure them apart (`spectrum_ends` on their route).
+
+        **Returns:** `(v, result, full_rank, (sigma_min, sigma_max, rank))`."""
+        return (*self.solve_with_rank(problem, theta, rhs),
+                spectrum_ends(problem, theta, self.route))
 
 
 class AbstractDampedPinvSolver(AbstractPinvSolver):
@@ -195,6 +210,14 @@ class GramOrQRSolver(AbstractDampedPinvSolver):
         return self.solve_with_rank(problem, theta, rhs)[:2]
 
     def solve_with_rank(self, problem, theta, rhs):
+        return self._solve(problem, theta, rhs, spectrum=False)[:3]
+
+    def solve_with_spectrum(self, problem, theta, rhs):
+        # the diagnostics from the factor the solve made (Lanczos on Θ and Θ⁻¹), or from the
+        # fallback's SVD of D; an SVD of D apart only where Θ resolves the solve but not σ_min
+        return self._solve(problem, theta, rhs, spectrum=True)
+
+    def _solve(self, problem, theta, rhs, spectrum: bool):
         theta_gram, transpose = self.gram(problem, theta)
         factor = jnp.linalg.cholesky(theta_gram)
 
@@ -212,9 +235,17 @@ class GramOrQRSolver(AbstractDampedPinvSolver):
 
         def through_gram(_):
             v = transpose(jax.scipy.linalg.cho_solve((factor, True), rhs))
-            return v, _finite_result(v, rhs), jnp.asarray(True)
+            out = (v, _finite_result(v, rhs), jnp.asarray(True))
+            if not spectrum:
+                return out
+            low, high, rank, ok = ends_from_cholesky(theta_gram, factor)
+            ends = jax.lax.cond(ok, lambda _: (low, high, rank),
+                                lambda _: spectrum_ends(problem, theta, "factor"), None)
+            return (*out, ends)
 
         def through_factor(_):
+            if spectrum:
+                return fallback.solve_with_spectrum(problem, theta, rhs)
             return fallback.solve_with_rank(problem, theta, rhs)
 
         return jax.lax.cond(resolved, through_gram, through_factor, None)
@@ -283,6 +314,9 @@ class SVDSolver(AbstractDampedPinvSolver):
         return self.solve_with_rank(problem, theta, rhs)[:2]
 
     def solve_with_rank(self, problem, theta, rhs):
+        return self.solve_with_spectrum(problem, theta, rhs)[:3]
+
+    def solve_with_spectrum(self, problem, theta, rhs):
         u, sigma, vt = jnp.linalg.svd(problem.jacobian(theta), full_matrices=False)
         rcond = self.rcond
         if rcond is None:
@@ -297,7 +331,7 @@ class SVDSolver(AbstractDampedPinvSolver):
             gain = jnp.where(kept, inverse, 0.0)
         v = vt.T @ (gain * (u.T @ rhs))
         full_rank = jnp.all(kept) & (sigma.shape[0] == problem.num_outputs)
-        return v, _finite_result(v, rhs), full_rank
+        return v, _finite_result(v, rhs), full_rank, ends_from_svd(problem, sigma)
 
     def solve_damped(self, problem, theta, rhs, damping):
         """The Levenberg–Marquardt step at any shape and rank. K ≥ QN: (DᵀD + λI)⁻¹Dᵀg =

@@ -189,8 +189,17 @@ def spectrum_ends(problem, theta, route: str = "gram"):
     if route == "factor" or not problem.overparametrised:
         return full(None)
     theta_gram, _ = auto_gram(problem)(problem, theta)
+    low, high, rank, resolved = ends_from_cholesky(theta_gram, jnp.linalg.cholesky(theta_gram))
+    return jax.lax.cond(resolved, lambda _: (low, high, rank), full, None)
+
+
+def ends_from_cholesky(theta_gram, factor):
+    """(σ_min, σ_max, rank, resolved) of D from Θ = DDᵀ and its Cholesky factor: λ_max and
+    1/λ_min the largest Ritz values of ENDS_LANCZOS_STEPS Lanczos steps on Θ and on Θ⁻¹ (by
+    the factor), rank = QN; `resolved` where the factor is finite and λ_max/λ_min stays below
+    1/(QN·eps), the Gram's resolution (decided for a whole vmapped batch of seeds). A solver
+    that has factorised Θ passes its factor (`GramOrQRSolver.solve_with_spectrum`)."""
     n = theta_gram.shape[0]
-    factor = jnp.linalg.cholesky(theta_gram)
     start = jnp.ones(n, theta_gram.dtype) / math.sqrt(n)
     steps = min(n, ENDS_LANCZOS_STEPS)
     lam_max = _largest_ritz_value(lambda v: theta_gram @ v, start, steps)
@@ -198,15 +207,19 @@ def spectrum_ends(problem, theta, route: str = "gram"):
     inverse_max = _largest_ritz_value(lambda v: jax.scipy.linalg.cho_solve((safe, True), v),
                                       start, steps)
     lam_min = 1.0 / inverse_max
-    eps = float(jnp.finfo(theta.dtype).eps)
+    eps = float(jnp.finfo(theta_gram.dtype).eps)
     resolved = all_over_seeds(jnp.all(jnp.isfinite(factor)) & (lam_min > 0)
                               & (lam_max * n * eps < lam_min))
+    return (jnp.sqrt(jnp.clip(lam_min, 0.0)), jnp.sqrt(jnp.clip(lam_max, 0.0)),
+            jnp.asarray(n, theta_gram.dtype), resolved)
 
-    def ends(_):
-        return (jnp.sqrt(lam_min), jnp.sqrt(lam_max),
-                jnp.asarray(n, theta.dtype))
 
-    return jax.lax.cond(resolved, ends, full, None)
+def ends_from_svd(problem, sigma: Float[Array, " r"]):
+    """(σ_min, σ_max, rank) from the singular values of D itself (any order), the rank by
+    numpy's cutoff max(QN, K)·eps·σ_max: what a solver that took the SVD of D reports."""
+    rtol = max(problem.num_outputs, problem.num_params) * float(jnp.finfo(sigma.dtype).eps)
+    return (jnp.min(sigma), jnp.max(sigma),
+            numerical_rank(sigma, rtol).astype(sigma.dtype))
 
 
 def numerical_rank(sigma: Float[Array, " r"], rtol: float | None = None):
