@@ -2,8 +2,7 @@ r"""Discrete counterparts: forward-Euler steps θ_{k+1} = θ_k + h_k F(θ_k) of 
 
 For the AdaptedFlow, h = 1/κ is the minimum-norm Gauss–Newton step (quadratic convergence
 near a full-rank solution); linearised, each step multiplies the cost by (1 − hκ)². Far from
-a solution a full step can raise C by orders of magnitude (MATH §8: a 1-D Poisson fit went to
-C ~ 1e14), so a practical fitter searches along the direction v = F(θ_k) (settings of
+a solution a full step can raise C by orders of magnitude (MATH §8), so a practical fitter searches along the direction v = F(θ_k) (settings of
 `IntegratorOptions`):
 - `backtracking`: halve h until C decreases (at most `max_backtracks` times); with
   `sufficient_decrease` = c, until the Armijo condition C(θ + hv) ≤ C(θ) + c·h·∂_vC(θ) holds
@@ -15,9 +14,9 @@ C ~ 1e14), so a practical fitter searches along the direction v = F(θ_k) (setti
   linearised step X + hDv_λ (one jvp), by Nielsen's rule (λ·max(1/3, 1 − (2ρ − 1)³) after a
   success; ×2, ×4, … after failures), from λ0 = `initial_damping`·rᵀΘr/rᵀr. Linearised, output
   mode i contracts by λ/(λ_i + λ) per step: the adapted step's (1 − hκ) on the modes with
-  λ_i ≫ λ, while the short step on the tail keeps θ where the linearisation holds (measured at
-  N = 65 536, benchmarks/large_n.py: full Gauss–Newton steps there cycle between C/C(0) ≈ 8e-5
-  and 1.5e-2). Needs a solver with a damped solve (Cholesky, GramOrQR, Nyström).
+  λ_i ≫ λ, while the short step on the tail keeps θ where the linearisation holds (where full
+  Gauss–Newton steps cycle: docs, Benchmarks → Large N). Needs a solver with a damped solve
+  (Cholesky, GramOrQR, SVD, Nyström).
 When no tried step lowers C the run ends where it is with stop reason 'no_descent' (a stall,
 e.g. at the round-off floor, or a direction that is not one of descent).
 """

@@ -556,10 +556,17 @@ def memory_budget() -> int:
 
 def auto_rcond(dtype) -> float:
     """The 'auto' route's spectral cutoff relative to σ_max: eps^(2/3) (3.7e-11 in float64,
-    4.9e-5 in float32). Measured on PINNs with a rank-deficient J (benchmarks/defaults.py):
-    in float64 truncations at 1e-7 and 1e-8 stop at relative L2 errors 10–100× above 1e-10's,
-    and 1e-12 takes twice the steps; eps^(2/3) sits between, far above the eps·σ_max at which
-    round-off in an SVD of D begins."""
+    4.9e-5 in float32): between the cutoffs that stop PINN fits early and those that take
+    twice the steps (the measurements: docs, Benchmarks → Defaults against the best manual
+    settings), far above the eps·σ_max at which round-off in an SVD of D begins.
+
+    **Arguments:**
+
+    - `dtype`: the floating dtype of θ.
+
+    **Returns:**
+
+    The cutoff as a float."""
     return float(jnp.finfo(dtype).eps) ** (2.0 / 3.0)
 
 
