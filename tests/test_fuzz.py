@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from types import SimpleNamespace
 
 import hypothesis.configuration
 import numpy as np
@@ -155,8 +156,8 @@ def _check_study(study):
     cells = expand_grid(study)
     assert cells
     for cell in cells[:4]:
-        build.make_flow(study, cell.values["flow"])
-        build.make_options(study, cell.values, 0.1)
+        flow = build.make_flow(study, cell.values["flow"])
+        build.make_options(study, cell.values, SimpleNamespace(kappa=0.1), flow)
 
 
 @fuzz(300)

@@ -22,7 +22,7 @@ class HessianMetricFlow(AbstractPinvFlow):
     d/ds ∇_X C = H X' = −∇_X C wherever ∇_X C lies in the range of H — for the softmax
     cross-entropy it does (each example's gradient sums to zero) — and
 
-    $$\nabla_X C(s) = e^{-s}\,\nabla_X C(0)$$
+    ∇_X C(s) = e^{−s} ∇_X C(0)
 
     on every orbit: |∇_X C| ≤ ε from T_ε = ln(|∇_X C(0)|/ε) on, a priori. Near the minimiser
     C − C_min ≈ e^{−2s}(C(0) − C_min) to second order. For the squared loss H = κI and this is
