@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
@@ -125,3 +126,22 @@ def mlp_problem(width, n, depth=2, activation="tanh", seed=0, in_size=2):
     data = fl.smooth_regression(jr.key(seed), n, in_size=in_size)
     model = fl.MLP(in_size, 1, [width] * depth, activation, key=jr.key(seed + 1))
     return fl.LeastSquaresProblem(model, data)
+
+
+def train_test_losses(problem, test, thetas):
+    """(training cost, test cost) at each θ of `thetas`, one compiled vmap."""
+    f = jax.jit(jax.vmap(lambda th: jnp.stack([problem.cost(th), test.cost(th)])))
+    out = np.asarray(f(jnp.asarray(thetas)))
+    return out[:, 0], out[:, 1]
+
+
+def first_at_levels(levels, seconds, train, test_loss, c0, c_min) -> dict:
+    """{ε: (the first time C − C_min ≤ ε·(C(0) − C_min), the test loss there)} for each ε of
+    `levels` (NaN, NaN where never); (1 + 1e-6) because an ODE stops at a level by root
+    finding, to its tolerance."""
+    rows = {}
+    for eps in levels:
+        hit = np.nonzero(train - c_min <= (1 + 1e-6) * eps * (c0 - c_min))[0]
+        rows[eps] = ((float(seconds[hit[0]]), float(test_loss[hit[0]])) if hit.size
+                     else (float("nan"), float("nan")))
+    return rows

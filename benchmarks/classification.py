@@ -30,10 +30,9 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from _common import machine
+from _common import first_at_levels, machine, train_test_losses
 
 import flowlab as fl
 from flowlab import baselines as bl
@@ -55,23 +54,12 @@ def setup(name):
     return fl.LeastSquaresProblem(net, train, loss=loss), fl.LeastSquaresProblem(net, test, loss=loss)
 
 
-def _losses(p, test, thetas):
-    f = jax.jit(jax.vmap(lambda th: jnp.stack([p.cost(th), test.cost(th)])))
-    out = np.asarray(f(jnp.asarray(thetas)))
-    return out[:, 0], out[:, 1]
-
-
 def at_levels(seconds, train, test_loss, c0, c_min):
-    rows = {}
-    for eps in LEVELS:
-        hit = np.nonzero(train - c_min <= (1 + 1e-6) * eps * (c0 - c_min))[0]
-        rows[eps] = ((float(seconds[hit[0]]), float(test_loss[hit[0]])) if hit.size
-                     else (float("nan"), float("nan")))
-    return rows
+    return first_at_levels(LEVELS, seconds, train, test_loss, c0, c_min)
 
 
 def _row(tr, p, test, c0, c_min, thetas, steps):
-    train, tl = _losses(p, test, thetas)
+    train, tl = train_test_losses(p, test, thetas)
     secs = np.linspace(0.0, float(tr.wall_time), len(thetas))  # steps cost alike
     return {"levels": at_levels(secs, train, tl, c0, c_min), "seconds": float(tr.wall_time),
             "compile": float(tr.compile_time), "steps": steps, "stop": tr.stop_reason,
@@ -94,7 +82,7 @@ def ode_row(p, test, c0, c_min):
     ok = np.asarray(tr.valid)
     thetas = np.concatenate([np.asarray(tr.theta)[ok], np.asarray(tr.theta_final)[None]])
     ss = np.append(np.asarray(tr.ts)[ok], float(tr.t_final))
-    train, tl = _losses(p, test, thetas)
+    train, tl = train_test_losses(p, test, thetas)
     secs = ss / float(tr.t_final) * float(tr.wall_time)
     return {"levels": at_levels(secs, train, tl, c0, c_min), "seconds": float(tr.wall_time),
             "compile": float(tr.compile_time), "steps": int(tr.num_steps), "stop": tr.stop_reason,
@@ -107,7 +95,7 @@ def adam_row(p, test, c0, c_min, seconds):
     best = None
     for lr in ADAM_LRS:
         r = bl.run(bl.adam(lr), p, max_steps=10**7, chunk=200, max_seconds=seconds)
-        train, tl = _losses(p, test, r.thetas)
+        train, tl = train_test_losses(p, test, r.thetas)
         row = {"lr": lr, "levels": at_levels(r.seconds, train, tl, c0, c_min),
                "seconds": float(r.seconds[-1]), "compile": r.compile_seconds,
                "steps": int(r.iterations[-1]), "stop": r.stop,

@@ -35,7 +35,6 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "benchmarks" / "results" / "mgh_reference.json"
 DIGITS_OUT = 40  # significant digits written

@@ -24,10 +24,9 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from _common import machine
+from _common import first_at_levels, machine, train_test_losses
 
 import flowlab as fl
 from flowlab import baselines as bl
@@ -52,20 +51,8 @@ def setup(name):
             hidden)
 
 
-def _losses(p, test, thetas):
-    f = jax.jit(jax.vmap(lambda th: jnp.stack([p.cost(th), test.cost(th)])))
-    out = np.asarray(f(jnp.asarray(thetas)))
-    return out[:, 0], out[:, 1]
-
-
 def at_levels(seconds, train, test_loss, c0, c_min):
-    rows = {}
-    for eps in LEVELS:
-        # (1 + 1e-6): the ODE stops at the level by root finding, to its tolerance
-        hit = np.nonzero(train - c_min <= (1 + 1e-6) * eps * (c0 - c_min))[0]
-        rows[eps] = ((float(seconds[hit[0]]), float(test_loss[hit[0]])) if hit.size
-                     else (float("nan"), float("nan")))
-    return rows
+    return first_at_levels(LEVELS, seconds, train, test_loss, c0, c_min)
 
 
 def run(name, adam_seconds):
@@ -87,7 +74,7 @@ def run(name, adam_seconds):
     ok = np.asarray(tr.valid)
     thetas = np.concatenate([np.asarray(tr.theta)[ok], np.asarray(tr.theta_final)[None]])
     ss = np.append(np.asarray(tr.ts)[ok], float(tr.t_final))  # the stop itself, last
-    train, tl = _losses(p, test, thetas)
+    train, tl = train_test_losses(p, test, thetas)
     secs = ss / float(tr.t_final) * float(tr.wall_time)  # s ∝ steps
     out["adapted flow"] = {"levels": at_levels(secs, train, tl, c0, c_min),
                            "seconds": float(tr.wall_time), "compile": float(tr.compile_time),
@@ -100,7 +87,7 @@ def run(name, adam_seconds):
     tr = fl.euler_steps(p, fl.AdaptedFlow(), num_steps=60, backtracking=True, save_theta=True,
                         diagnostics=False, cost_target=c_min + 1e-10 * (c0 - c_min))
     n = int(tr.num_accepted_steps)
-    train, tl = _losses(p, test, np.asarray(tr.theta)[: n + 1])
+    train, tl = train_test_losses(p, test, np.asarray(tr.theta)[: n + 1])
     secs = np.arange(n + 1) / max(n, 1) * float(tr.wall_time)  # steps cost alike
     out["discrete steps"] = {"levels": at_levels(secs, train, tl, c0, c_min),
                              "seconds": float(tr.wall_time), "compile": float(tr.compile_time),
@@ -110,7 +97,7 @@ def run(name, adam_seconds):
     best = None
     for lr in ADAM_LRS:
         r = bl.run(bl.adam(lr), p, max_steps=10**7, chunk=200, max_seconds=adam_seconds)
-        train, tl = _losses(p, test, r.thetas)
+        train, tl = train_test_losses(p, test, r.thetas)
         row = {"lr": lr, "levels": at_levels(r.seconds, train, tl, c0, c_min),
                "seconds": float(r.seconds[-1]), "compile": r.compile_seconds,
                "steps": int(r.iterations[-1]),
