@@ -30,6 +30,25 @@ def is_overparametrised(num_params: int, num_outputs: int) -> bool:
     return num_params >= num_outputs
 
 
+def symmetric_pinv_solve(matrix: Float[Array, "n n"], rhs: Float[Array, " n"]) -> Float[Array, " n"]:
+    """A⁺b for a symmetric positive semi-definite A, by eigh: eigenvalues below
+    n·eps·max|λ| count as zero (the directions A does not see).
+
+    **Arguments:**
+
+    - `matrix`: A, shape (n, n).
+    - `rhs`: b, shape (n,).
+
+    **Returns:**
+
+    A⁺b, shape (n,).
+    """
+    lam, vecs = jnp.linalg.eigh(matrix)
+    keep = lam > lam.size * jnp.finfo(lam.dtype).eps * jnp.max(jnp.abs(lam))
+    inverse = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+    return vecs @ (inverse * (vecs.T @ rhs))
+
+
 class AbstractLoss(eqx.Module):
     r"""A cost C(X) on stacked outputs X in R^{QN}, with targets Y.
 
@@ -129,12 +148,8 @@ class AbstractLoss(eqx.Module):
         """
         blocks = self.hessian_blocks(outputs, targets)
         n, q, _ = blocks.shape
-        lam, vecs = jnp.linalg.eigh(blocks)
-        cutoff = q * jnp.finfo(outputs.dtype).eps * jnp.max(jnp.abs(lam), axis=-1, keepdims=True)
-        inverse = jnp.where(lam > cutoff, 1.0 / jnp.where(lam > cutoff, lam, 1.0), 0.0)
         g = self.gradient(outputs, targets).reshape(n, q)
-        coords = jnp.einsum("nqk,nq->nk", vecs, g) * inverse
-        return jnp.einsum("nqk,nk->nq", vecs, coords).reshape(-1)
+        return jax.vmap(symmetric_pinv_solve)(blocks, g).reshape(-1)
 
     def metric_path(self, outputs0: Float[Array, " QN"], targets: Float[Array, " QN"], s
                     ) -> Float[Array, " QN"] | None:

@@ -34,21 +34,6 @@ class AdaptedFlow(AbstractPinvFlow):
     def _direction(self, problem, theta):
         return problem.output_gradient(problem.outputs(theta))
 
-    def velocity_details(self, problem, theta) -> tuple:
-        v, result, full_rank = self._solver(problem).solve_with_rank(
-            problem, theta, self._direction(problem, theta))
-        return -v, result, full_rank
-
-    def damped_velocity(self, problem, theta, damping) -> tuple:
-        """θ' = −Dᵀ(Θ + λI)⁻¹∇_X C = −(DᵀD + λI)⁻¹Dᵀ∇_X C (the same vector at any shape, by
-        the push-through identity) and the solve's result: linearised, output mode i
-        contracts at rate κλ_i/(λ_i + λ) (the adapted flow's κ for λ_i ≫ λ, the standard
-        flow's κλ_i/λ for λ_i ≪ λ). Through Θ for K ≥ QN, through the SVD of D (any shape)
-        for K < QN."""
-        g = problem.output_gradient(problem.outputs(theta))
-        v, result = self._solver(problem).solve_damped(problem, theta, g, damping)
-        return -v, result
-
     def output_path(self, problem):
         if not (linear_theory_applies(problem) and problem.overparametrised):
             return None

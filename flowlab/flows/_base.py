@@ -128,9 +128,7 @@ class AbstractFlow(eqx.Module):
         """The a priori time T_ε = ln(1/ε)/(2κ) at which the AdaptedFlow at full row rank has
         brought C − C_min down by ε = `epsilon_relative`: a configuration's t1 = 'auto' for
         every flow that does not state a time of its own (the comparison a study makes)."""
-        if not (math.isfinite(epsilon_relative) and epsilon_relative > 0):
-            raise ValueError(f"epsilon_relative must be positive, got {epsilon_relative!r}")
-        return 0.0 if epsilon_relative >= 1 else math.log(1.0 / epsilon_relative) / (2.0 * problem.kappa)
+        return a_priori_time(epsilon_relative, 2.0 * problem.kappa)
 
     def spectrum_route(self, problem) -> str:
         """How the guards and diagnostics measure σ(D) for this flow: 'gram' (eigenvalues of Θ,
@@ -177,6 +175,15 @@ class AbstractFlow(eqx.Module):
         else:
             decay = np.abs(1.0 - step_size * rates[:, None]) ** (2.0 * ts[None, :] / step_size)
         return 0.5 * problem.kappa * np.sum(coeff[:, None] ** 2 * decay, axis=0)
+
+
+def a_priori_time(epsilon_relative: float, rate: float) -> float:
+    """ln(1/ε)/rate: when a quantity decaying as e^{−rate·s} has fallen by ε (0 for ε ≥ 1;
+    ValueError unless ε > 0). Flows' `stopping_time` (theory imports flows, so not
+    `theory.decay_time`)."""
+    if not (math.isfinite(epsilon_relative) and epsilon_relative > 0):
+        raise ValueError(f"epsilon_relative must be positive, got {epsilon_relative!r}")
+    return 0.0 if epsilon_relative >= 1 else math.log(1.0 / epsilon_relative) / rate
 
 
 def _rank_floor(lam):

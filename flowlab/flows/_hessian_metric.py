@@ -7,7 +7,8 @@ import lineax as lx
 import numpy as np
 
 from ..linalg import AbstractPinvSolver, spectrum_ends
-from ..problem import SquaredLoss
+from ..problem import SquaredLoss, symmetric_pinv_solve
+from ._base import a_priori_time
 from ._pinv import AbstractPinvFlow
 
 #: `HessianMetricFlow.gradient_floor`'s margin over eps·κ·√QN.
@@ -62,21 +63,13 @@ class HessianMetricFlow(AbstractPinvFlow):
     def velocity_details(self, problem, theta) -> tuple:
         if not problem.overparametrised:
             return _gauss_newton_velocity(problem, theta)
-        v, result, full_rank = self._solver(problem).solve_with_rank(
-            problem, theta, self._direction(problem, theta))
-        return -v, result, full_rank
+        return super().velocity_details(problem, theta)
 
     def velocity_spectrum(self, problem, theta) -> tuple:
         if not problem.overparametrised:  # the K × K route solves no system with D
             v, result, _ = _gauss_newton_velocity(problem, theta)
             return v, result, spectrum_ends(problem, theta, self.spectrum_route(problem))
         return super().velocity_spectrum(problem, theta)
-
-    def damped_velocity(self, problem, theta, damping) -> tuple:
-        """θ' = −Dᵀ(Θ + λI)⁻¹H⁺∇_X C, the damped step of `euler_steps(levenberg_marquardt=...)`."""
-        v, result = self._solver(problem).solve_damped(
-            problem, theta, self._direction(problem, theta), damping)
-        return -v, result
 
     def check_damped(self, problem):
         if not problem.overparametrised:
@@ -115,9 +108,7 @@ class HessianMetricFlow(AbstractPinvFlow):
 
     def stopping_time(self, problem, epsilon_relative: float) -> float:
         """ln(1/ε)/2: where C − C_min ≈ e^{−2s}(C(0) − C_min) (exact for the squared loss)."""
-        if not (math.isfinite(epsilon_relative) and epsilon_relative > 0):
-            raise ValueError(f"epsilon_relative must be positive, got {epsilon_relative!r}")
-        return 0.0 if epsilon_relative >= 1 else 0.5 * math.log(1.0 / epsilon_relative)
+        return a_priori_time(epsilon_relative, 2.0)
 
     def gradient_stopping_time(self, problem, theta0, epsilon: float) -> float:
         """T_ε = ln(|∇_X C(θ0)|/ε): |∇_X C(s)| ≤ ε for every s ≥ T_ε at full row rank.
@@ -160,15 +151,11 @@ class HessianMetricFlow(AbstractPinvFlow):
 
 def _gauss_newton_velocity(problem, theta):
     """θ' = −(DᵀHD)⁺Dᵀ∇_X C for K < QN: D formed (K columns), HD by K Hessian–vector products,
-    the K × K pseudo-inverse by eigh with the cutoff K·eps·λ_max."""
+    the K × K pseudo-inverse by eigh (`symmetric_pinv_solve`)."""
     x = problem.outputs(theta)
     d = problem.jacobian(theta)
     hd = jax.vmap(lambda col: problem.loss.hessian_vector(x, problem.targets, col),
                   in_axes=1, out_axes=1)(d)
     metric = 0.5 * (d.T @ hd + hd.T @ d)
-    lam, vecs = jnp.linalg.eigh(metric)
-    keep = lam > lam.size * jnp.finfo(lam.dtype).eps * jnp.max(jnp.abs(lam))
-    inverse = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
-    rhs = d.T @ problem.output_gradient(x)
-    v = -(vecs @ (inverse * (vecs.T @ rhs)))
+    v = -symmetric_pinv_solve(metric, d.T @ problem.output_gradient(x))
     return v, lx.RESULTS.successful, jnp.asarray(True)

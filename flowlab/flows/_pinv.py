@@ -63,6 +63,21 @@ class AbstractPinvFlow(AbstractFlow):
         """The output-space direction w pulled back, θ' = −D⁺w."""
         raise NotImplementedError
 
+    def velocity_details(self, problem, theta) -> tuple:
+        v, result, full_rank = self._solver(problem).solve_with_rank(
+            problem, theta, self._direction(problem, theta))
+        return -v, result, full_rank
+
+    def damped_velocity(self, problem, theta, damping) -> tuple:
+        """θ' = −Dᵀ(Θ + λI)⁻¹w = −(DᵀD + λI)⁻¹Dᵀw for the flow's output direction w (the same
+        vector at any shape, by the push-through identity) and the solve's result: linearised,
+        output mode i contracts at λ_i/(λ_i + λ) times the undamped rate (κλ_i/(λ_i + λ) for
+        the AdaptedFlow). Through Θ for
+        K ≥ QN, through the SVD of D (any shape) for K < QN."""
+        v, result = self._solver(problem).solve_damped(
+            problem, theta, self._direction(problem, theta), damping)
+        return -v, result
+
     def velocity_spectrum(self, problem, theta) -> tuple:
         v, result, _, ends = self._solver(problem).solve_with_spectrum(
             problem, theta, self._direction(problem, theta))
